@@ -1,0 +1,271 @@
+"""Metadata readers and image loaders in the wsolevaluation format.
+
+A split's metadata lives in ``<metadata_root>/<split>/`` as comma-separated
+text files (see SPEC §3):
+
+- ``image_ids.txt``          ``path``
+- ``image_ids_proxy.txt``    ``path``  (optional proxy training subset)
+- ``class_labels.txt``       ``path,label``
+- ``image_sizes.txt``        ``path,width,height``
+- ``localization.txt``       ``path,x0,y0,x1,y1`` (boxes, one line per box) or
+                             ``path,mask_png,ignore_png`` (OpenImages masks)
+- ``localization_masks.txt`` masks of a dataset that also has boxes (SYNTH)
+
+Every reader names the file and line of a malformed entry, so a user can fix
+the file instead of reading a traceback.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = [
+    "MetadataError",
+    "configure_metadata",
+    "get_image_ids",
+    "get_class_labels",
+    "get_bounding_boxes",
+    "get_image_sizes",
+    "get_mask_paths",
+    "WSOLImageLabelDataset",
+    "get_data_loader",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_SPLITS = ("train", "val", "test")
+
+
+class MetadataError(ValueError):
+    """A metadata file is missing or has a malformed line."""
+
+
+def configure_metadata(metadata_root: str) -> dict:
+    """Paths of one split's metadata files (``metadata_root`` = the split folder)."""
+    if not os.path.isdir(metadata_root):
+        raise MetadataError(
+            f"metadata folder not found: {metadata_root}. Generate it with the "
+            f"dataset's scripts/prepare_*.py (or check --metadata_root).")
+    join = os.path.join
+    return {
+        "root": metadata_root,
+        "image_ids": join(metadata_root, "image_ids.txt"),
+        "image_ids_proxy": join(metadata_root, "image_ids_proxy.txt"),
+        "class_labels": join(metadata_root, "class_labels.txt"),
+        "image_sizes": join(metadata_root, "image_sizes.txt"),
+        "localization": join(metadata_root, "localization.txt"),
+        "localization_masks": join(metadata_root, "localization_masks.txt"),
+    }
+
+
+def _read_rows(path: str, num_fields: tuple[int, ...]) -> Iterator[tuple[int, list[str]]]:
+    """Yield (line number, fields) of a comma-separated metadata file."""
+    if not os.path.isfile(path):
+        raise MetadataError(f"metadata file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split(",")
+            if len(fields) not in num_fields:
+                expected = " or ".join(str(n) for n in num_fields)
+                raise MetadataError(
+                    f"{path}:{line_no}: expected {expected} comma-separated "
+                    f"fields, got {len(fields)}: {line!r}")
+            yield line_no, [x.strip() for x in fields]
+
+
+def _to_number(path: str, line_no: int, value: str, kind: type):
+    try:
+        return kind(value)
+    except ValueError:
+        raise MetadataError(
+            f"{path}:{line_no}: {value!r} is not a valid {kind.__name__}") from None
+
+
+def get_image_ids(metadata: dict, proxy: bool = False) -> list[str]:
+    """Image ids in file order (``image_ids_proxy.txt`` when ``proxy``)."""
+    path = metadata["image_ids_proxy" if proxy else "image_ids"]
+    return [fields[0] for _, fields in _read_rows(path, (1,))]
+
+
+def get_class_labels(metadata: dict) -> dict[str, int]:
+    path = metadata["class_labels"]
+    labels = {}
+    for line_no, (image_id, label) in _read_rows(path, (2,)):
+        labels[image_id] = _to_number(path, line_no, label, int)
+        if labels[image_id] < 0:
+            raise MetadataError(f"{path}:{line_no}: negative class label {label}")
+    return labels
+
+
+def get_bounding_boxes(metadata: dict) -> dict[str, list[list[float]]]:
+    """All boxes ``[x0, y0, x1, y1]`` of each image, in file order."""
+    path = metadata["localization"]
+    boxes: dict[str, list[list[float]]] = {}
+    for line_no, (image_id, *coords) in _read_rows(path, (5,)):
+        x0, y0, x1, y1 = (_to_number(path, line_no, c, float) for c in coords)
+        if x1 < x0 or y1 < y0:
+            raise MetadataError(
+                f"{path}:{line_no}: box {coords} has x1 < x0 or y1 < y0")
+        boxes.setdefault(image_id, []).append([x0, y0, x1, y1])
+    return boxes
+
+
+def get_image_sizes(metadata: dict) -> dict[str, tuple[int, int]]:
+    """``(width, height)`` of each original image."""
+    path = metadata["image_sizes"]
+    sizes = {}
+    for line_no, (image_id, w, h) in _read_rows(path, (3,)):
+        sizes[image_id] = (_to_number(path, line_no, w, int),
+                           _to_number(path, line_no, h, int))
+    return sizes
+
+
+def get_mask_paths(metadata: dict) -> tuple[dict[str, list[str]], dict[str, str | None]]:
+    """Instance-mask paths and the ignore-mask path of each image.
+
+    Reads ``localization_masks.txt`` when present (datasets with both boxes
+    and masks), otherwise ``localization.txt`` (OpenImages).  Only the first
+    line of an image carries its ignore png; later lines leave it empty.
+    """
+    path = metadata["localization_masks"]
+    if not os.path.isfile(path):
+        path = metadata["localization"]
+    mask_paths: dict[str, list[str]] = {}
+    ignore_paths: dict[str, str | None] = {}
+    for _, (image_id, mask_path, ignore_path) in _read_rows(path, (3,)):
+        if image_id not in mask_paths:
+            ignore_paths[image_id] = ignore_path or None
+        elif ignore_path and not ignore_paths[image_id]:
+            ignore_paths[image_id] = ignore_path
+        mask_paths.setdefault(image_id, []).append(mask_path)
+    return mask_paths, ignore_paths
+
+
+def _check_ids_present(image_ids: list[str], table: dict, path: str) -> None:
+    missing = [i for i in image_ids if i not in table]
+    if missing:
+        raise MetadataError(
+            f"{path}: {len(missing)} image id(s) of image_ids.txt are missing, "
+            f"first: {missing[0]!r}")
+
+
+class WSOLImageLabelDataset(Dataset):
+    """Images of one split with their class labels; items are
+    ``(image_tensor, label, image_id)``."""
+
+    def __init__(self, data_root: str, metadata_root: str,
+                 transform: Callable, proxy: bool = False,
+                 num_sample_per_class: int = 0,
+                 num_classes: int | None = None):
+        self.data_root = data_root
+        self.metadata = configure_metadata(metadata_root)
+        self.transform = transform
+        self.image_ids = get_image_ids(self.metadata, proxy=proxy)
+        self.image_labels = get_class_labels(self.metadata)
+        _check_ids_present(self.image_ids, self.image_labels,
+                           self.metadata["class_labels"])
+        if num_classes is not None:
+            bad = [i for i in self.image_ids if self.image_labels[i] >= num_classes]
+            if bad:
+                raise MetadataError(
+                    f"{self.metadata['class_labels']}: label "
+                    f"{self.image_labels[bad[0]]} of {bad[0]!r} is >= the number "
+                    f"of classes ({num_classes})")
+        if num_sample_per_class > 0:
+            self.image_ids = self._first_per_class(num_sample_per_class)
+
+    def _first_per_class(self, count: int) -> list[str]:
+        taken: dict[int, int] = {}
+        kept = []
+        for image_id in self.image_ids:
+            label = self.image_labels[image_id]
+            if taken.get(label, 0) < count:
+                taken[label] = taken.get(label, 0) + 1
+                kept.append(image_id)
+        return kept
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int):
+        image_id = self.image_ids[index]
+        path = os.path.join(self.data_root, image_id)
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except (OSError, ValueError) as error:
+            raise ImageLoadError(f"cannot read image {path}: {error}") from None
+        return self.transform(image), self.image_labels[image_id], image_id
+
+
+class ImageLoadError(OSError):
+    """An image file is missing, truncated or not an image."""
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    batch_size: int = 32
+    workers: int = 4
+    resize_size: int = 256
+    crop_size: int = 224
+    proxy_training_set: bool = False
+    num_val_sample_per_class: int = 0
+
+
+def get_transforms(split: str, resize_size: int, crop_size: int):
+    """wsolevaluation's transforms: train = resize, random crop, flip; eval =
+    resize straight to the crop size (the whole image is seen)."""
+    from torchvision import transforms as T
+    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    if split == "train":
+        return T.Compose([
+            T.Resize((resize_size, resize_size)),
+            T.RandomCrop(crop_size),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            normalize,
+        ])
+    return T.Compose([
+        T.Resize((crop_size, crop_size)),
+        T.ToTensor(),
+        normalize,
+    ])
+
+
+def get_data_loader(data_roots: dict[str, str], metadata_root: str,
+                    settings: LoaderSettings, splits=_SPLITS,
+                    num_classes: int | None = None,
+                    generator: torch.Generator | None = None,
+                    sampler_factory: Callable | None = None) -> dict[str, DataLoader]:
+    """One DataLoader per split; only the train loader shuffles."""
+    loaders = {}
+    for split in splits:
+        dataset = WSOLImageLabelDataset(
+            data_root=data_roots[split],
+            metadata_root=os.path.join(metadata_root, split),
+            transform=get_transforms(split, settings.resize_size, settings.crop_size),
+            proxy=settings.proxy_training_set and split == "train",
+            num_sample_per_class=(settings.num_val_sample_per_class
+                                  if split == "val" else 0),
+            num_classes=num_classes)
+        sampler = sampler_factory(dataset, split) if sampler_factory else None
+        loaders[split] = DataLoader(
+            dataset,
+            batch_size=settings.batch_size,
+            shuffle=(split == "train" and sampler is None),
+            sampler=sampler,
+            num_workers=settings.workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=settings.workers > 0,
+            generator=generator if split == "train" else None)
+    return loaders

@@ -1,0 +1,243 @@
+"""Train and evaluate dual-branch sigmoid CAMs (the command-line entry point).
+
+``python main.py`` with no arguments runs the CPU demo on the built-in SYNTH
+dataset; ``python main.py --help`` lists the flags.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Sequence
+
+import torch
+
+import config
+from config import ConfigError
+from data_loaders import ImageLoadError, LoaderSettings, MetadataError, get_data_loader
+from wsol.architectures import build_architecture
+from wsol.checkpoint import (CheckpointError, export_state_dict, load_into_cam_model,
+                             load_torchvision_pretrained, save_checkpoint)
+from wsol.dual_branch import CAMModel
+from wsol.runtime import Tracker, resolve_device, seed_everything
+from wsol.training import OptimConfig, build_optimizer, build_scheduler, train_one_epoch
+
+log = logging.getLogger("main")
+
+TABLE_COLUMNS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP")
+
+
+def checkpoint_path(log_folder: str, prefix: str) -> str:
+    return os.path.join(log_folder, f"{prefix}_checkpoint.pth.tar")
+
+
+def build_model(args) -> CAMModel:
+    """The vanilla architecture, initialised from --pretrained_path/--ft_ckpt,
+    with the sigmoid branch added for b2."""
+    base, spec = build_architecture(args.architecture, args.num_classes, args.large_feature_map)
+    model = CAMModel(base, spec.feature_layer, spec.head, args.architecture)
+    if args.pretrained_path:
+        load_torchvision_pretrained(model, args.pretrained_path)
+        log.info("backbone initialised from %s", args.pretrained_path)
+    if args.ft_ckpt and not args.eval_only:
+        load_into_cam_model(model, args.ft_ckpt)
+        log.info("vanilla weights loaded from %s", args.ft_ckpt)
+    if args.model_structure == "b2":
+        if not args.ft_ckpt and not args.eval_only:
+            raise ConfigError("--model_structure b2 fine-tunes the sigmoid branch of a trained "
+                              "vanilla model: pass its checkpoint with --ft_ckpt")
+        model.add_sigmoid_branch(args.sigmoid_init)
+        model.freeze_backbone(args.unfreeze_layers)
+    return model
+
+
+def checkpoint_payload(model: CAMModel, args, epoch: int, optimizer, scheduler) -> dict:
+    return {"state_dict": export_state_dict(model), "architecture": args.architecture,
+            "num_classes": args.num_classes, "model_structure": args.model_structure,
+            "large_feature_map": args.large_feature_map, "epoch": epoch,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+
+
+def train(args, model: CAMModel, device: torch.device, tracker: Tracker,
+          generator: torch.Generator) -> None:
+    loaders = get_data_loader(
+        {"train": args.image_root}, args.split_metadata_root,
+        LoaderSettings(args.batch_size, args.workers, args.resize_size, args.crop_size,
+                       args.proxy_training_set, args.num_val_sample_per_class),
+        splits=("train",), num_classes=args.num_classes, generator=generator)
+    cfg = OptimConfig(args.lr, args.momentum, args.weight_decay, args.lr_classifier_ratio,
+                      args.lr_decay_frequency)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    log.info("training %s (%s) for %d epochs on %d images", args.architecture,
+             args.model_structure, args.epochs, len(loaders["train"].dataset))
+    for epoch in range(1, args.epochs + 1):
+        stats = train_one_epoch(model, loaders["train"], optimizer, device, epoch,
+                                show_progress=sys.stderr.isatty())
+        scheduler.step()
+        tracker.log({**stats, "lr": optimizer.param_groups[0]["lr"]}, step=epoch)
+        payload = checkpoint_payload(model, args, epoch, optimizer, scheduler)
+        save_checkpoint(payload, checkpoint_path(args.log_folder, f"epoch{epoch}"))
+        save_checkpoint(payload, checkpoint_path(args.log_folder, "last"))
+    if args.epochs == 0:
+        save_checkpoint(checkpoint_payload(model, args, 0, optimizer, scheduler),
+                        checkpoint_path(args.log_folder, "last"))
+
+
+def load_for_evaluation(args, model: CAMModel) -> str:
+    """Load the checkpoint that --eval_only scores; fail at once if missing."""
+    path = checkpoint_path(args.log_folder, args.eval_checkpoint_type)
+    if os.path.isfile(path):
+        checkpoint = load_into_cam_model(model, path)
+        arch = checkpoint.get("architecture")
+        if arch and arch != args.architecture:
+            raise CheckpointError(f"{path} is a {arch} checkpoint, not {args.architecture}: "
+                                  f"pass --architecture {arch}")
+        return path
+    if args.model_structure == "vanilla" and args.ft_ckpt:
+        load_into_cam_model(model, args.ft_ckpt)
+        return args.ft_ckpt
+    raise CheckpointError(f"no checkpoint to evaluate: {path} does not exist (train first, "
+                          f"or check --experiment_name/--eval_checkpoint_type)")
+
+
+def evaluate(args, model: CAMModel, device: torch.device) -> dict:
+    from inference import CAMComputer, EvalSettings
+    from wsol.cams import parse_methods
+
+    methods = parse_methods(args.method)
+    loader = get_data_loader(
+        {args.split: args.image_root}, args.split_metadata_root,
+        LoaderSettings(args.batch_size, args.workers, args.resize_size, args.crop_size,
+                       False, args.num_val_sample_per_class),
+        splits=(args.split,), num_classes=args.num_classes)[args.split]
+    scoremap_root = (os.path.join(args.log_folder, "scoremaps", args.split)
+                     if args.save_scoremaps else None)
+    settings = EvalSettings(
+        methods=methods, branches=args.cam_branches, clamp=not args.no_clamp,
+        box_metrics=args.dataset_name in config.BOX_DATASETS,
+        mask_metrics=args.dataset_name in config.MASK_DATASETS,
+        cam_curve_interval=args.cam_curve_interval, iou_threshold_list=args.iou_threshold_list,
+        multi_contour_eval=args.multi_contour_eval, loc_threshold=args.loc_threshold,
+        first_box_only=args.first_box_only, scoremap_root=scoremap_root,
+        fidelity=args.fidelity, show_progress=sys.stderr.isatty(),
+        cam_kwargs={"scorecam_batch_size": args.scorecam_batch_size,
+                    "scorecam_topk": args.scorecam_topk,
+                    "smooth_samples": args.smooth_samples, "smooth_sigma": args.smooth_sigma,
+                    "generator": torch.Generator(device=device).manual_seed(args.seed)})
+    computer = CAMComputer(model, loader, os.path.join(args.split_metadata_root, args.split),
+                           args.dataset_mask_root, args.dataset_name, args.split, settings,
+                           device)
+    results = computer.compute_and_evaluate()
+    results.update({"experiment": args.experiment_name, "dataset": args.dataset_name,
+                    "architecture": args.architecture, "model_structure": args.model_structure,
+                    "split": args.split})
+    return results
+
+
+def format_table(results: dict) -> str:
+    """Rows method x branch; columns Top-1 Cls, Top-1 Loc, GT-known Loc, MaxBoxAccV2, PxAP."""
+    header = ["method", "branch", *TABLE_COLUMNS]
+    lines = [header]
+    for row in results["rows"]:
+        values = {**row, "Top-1 Cls": results["classification"]["Top-1 Cls"]}
+        lines.append([row["method"], row["branch"] + ("" if row.get("clamp") or row["branch"] ==
+                                                      "softmax" else " (no clamp)")]
+                     + [f"{values[c]:.2f}" if c in values else "-" for c in TABLE_COLUMNS])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def write_json(payload: dict, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+def run(args) -> dict | None:
+    """Train (unless --eval_only) and evaluate one experiment."""
+    folder = config.configure_log_folder(args)
+    config.configure_logging(folder)
+    config.save_config(args, os.path.join(folder, "config.json" if not args.eval_only
+                                          else "config_eval.json"))
+    device = resolve_device(args.gpus)
+    generator = seed_everything(args.seed)
+    if args.dataset_name == "SYNTH":
+        from wsol.synth import ensure_synth
+        ensure_synth(args.data_root, args.metadata_root, args.mask_root)
+    model = build_model(args).to(device)
+    tracker = Tracker(args.wandb, args.project, args.wandb_name or args.experiment_name,
+                      {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool))},
+                      folder)
+    try:
+        if args.eval_only:
+            log.info("evaluating %s", load_for_evaluation(args, model))
+        else:
+            train(args, model, device, tracker, generator)
+        if getattr(args, "skip_eval", False):
+            return None
+        start = time.perf_counter()
+        results = evaluate(args, model, device)
+        results["eval_seconds"] = time.perf_counter() - start
+        write_json(results, os.path.join(folder, f"results_{args.split}.json"))
+        tracker.log({f"{r['method']}/{r['branch']}/{k}": v for r in results["rows"]
+                     for k, v in r.items() if isinstance(v, float)})
+        print(format_table(results))
+        return results
+    finally:
+        tracker.finish()
+
+
+# The CPU demo: small backbone, small images, few epochs (about 3 minutes on
+# 2 cores).  The same code path runs the paper's experiments at 224 px.
+DEMO_COMMON = ["--dataset_name", "SYNTH", "--architecture", "resnet18",
+               "--large_feature_map", "TRUE", "--resize_size", "112", "--crop_size", "96",
+               "--batch_size", "32", "--workers", "2", "--seed", "0",
+               "--method", "cam,gradcam", "--cam_curve_interval", "0.01"]
+DEMO_VANILLA = ["--experiment_name", "demo_vanilla", "--model_structure", "vanilla",
+                "--epochs", "8", "--lr", "0.05", "--lr_classifier_ratio", "1",
+                "--lr_decay_frequency", "6", "--weight_decay", "1e-4"]
+DEMO_B2 = ["--experiment_name", "demo_b2", "--model_structure", "b2", "--override_cache",
+           "--epochs", "4", "--lr", "0.01", "--lr_decay_frequency", "3",
+           "--weight_decay", "1e-4", "--cam_branch", "softmax,sigmoid"]
+
+
+def run_demo(log_root: str = "train_log", extra: Sequence[str] = ()) -> dict:
+    """Vanilla model (reused when already trained), its sigmoid branch
+    fine-tuned, and both branches scored with CAM and Grad-CAM."""
+    start = time.perf_counter()
+    common = [*DEMO_COMMON, "--log_root", log_root, *extra]
+    vanilla = os.path.join(log_root, "demo_vanilla")
+    vanilla_ckpt = checkpoint_path(vanilla, "last")
+    if os.path.isfile(vanilla_ckpt):
+        print(f"reusing the vanilla model {vanilla_ckpt} (delete it to retrain)")
+    else:
+        args = config.get_configs([*common, *DEMO_VANILLA, "--override_cache"])
+        args.skip_eval = True
+        run(args)
+    results = run(config.get_configs([*common, *DEMO_B2, "--ft_ckpt", vanilla_ckpt]))
+    print(f"demo finished in {time.perf_counter() - start:.0f} s; results in "
+          f"{os.path.join(log_root, 'demo_b2', 'results_test.json')}")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if not argv or argv == ["--demo"]:
+            run_demo()
+            return 0
+        run(config.get_configs(argv))
+        return 0
+    except (ConfigError, MetadataError, CheckpointError, ImageLoadError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Device selection, seeding and experiment tracking (wandb), kept optional."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["resolve_device", "seed_everything", "Tracker"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(gpus: str | None) -> torch.device:
+    """``--gpus``: without CUDA fall back to the CPU with one warning; with
+    CUDA a GPU index that does not exist is an error."""
+    if not torch.cuda.is_available():
+        if gpus not in (None, ""):
+            log.warning("--gpus %s: CUDA is not available, running on the CPU", gpus)
+        return torch.device("cpu")
+    if gpus in (None, ""):
+        return torch.device("cuda", 0)
+    indices = [s.strip() for s in str(gpus).split(",") if s.strip()]
+    count = torch.cuda.device_count()
+    for index in indices:
+        if not index.isdigit() or int(index) >= count:
+            raise ValueError(f"--gpus {gpus}: GPU {index} does not exist "
+                             f"(this machine has {count}: 0..{count - 1})")
+    if len(indices) > 1:
+        log.warning("--gpus %s: one process uses GPU %s; run under torchrun for several GPUs",
+                    gpus, indices[0])
+    return torch.device("cuda", int(indices[0]))
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _wandb_reachable(timeout: float = 3.0) -> bool:
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        with socket.create_connection((host.split(":")[0], 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class Tracker:
+    """wandb when asked for and available; otherwise a no-op.  A failing
+    wandb (not installed, no key, no network) logs one warning and never
+    fails or stalls the run: online mode without a reachable server falls
+    back to offline, which can be synced later with ``wandb sync``."""
+
+    def __init__(self, mode: str, project: str, name: str | None, config: dict[str, Any],
+                 folder: str):
+        self.run = None
+        if mode == "off":
+            return
+        try:
+            import wandb
+        except ImportError:
+            log.warning("--wandb %s: wandb is not installed (pip install wandb); not logging", mode)
+            return
+        if mode == "online" and not _wandb_reachable():
+            log.warning("--wandb online: the wandb server is unreachable; logging offline")
+            mode = "offline"
+        try:
+            self.run = wandb.init(project=project, name=name, config=config, dir=folder,
+                                  mode=mode, settings=wandb.Settings(init_timeout=30))
+        except Exception as error:  # wandb raises many kinds; none may stop training
+            log.warning("wandb could not start (%s); not logging", error)
+            self.run = None
+
+    def log(self, values: dict[str, Any], step: int | None = None) -> None:
+        if self.run is not None:
+            try:
+                self.run.log(values, step=step)
+            except Exception as error:
+                log.warning("wandb log failed (%s); disabling it", error)
+                self.run = None
+
+    def finish(self) -> None:
+        if self.run is not None:
+            try:
+                self.run.finish()
+            except Exception as error:
+                log.warning("wandb finish failed (%s)", error)
+            self.run = None
