@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--override_cache", type=str2bool, nargs="?", const=True, default=False,
                    help="allow training into an existing experiment folder (it is emptied)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--resume", action="store_true",
+                   help="continue an interrupted training run from its last checkpoint")
     g.add_argument("--workers", type=int, default=4, help="data-loading processes")
     g.add_argument("--gpus", default=None,
                    help="GPU index (e.g. 0); without CUDA the CPU is used with a warning")
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_classes", type=int, default=None,
                    help="default: 200 CUB, 1000 ILSVRC, 100 OpenImages, 196 CARS, 10 SYNTH")
     g.add_argument("--proxy_training_set", type=str2bool, nargs="?", const=True, default=False)
+    g.add_argument("--skip_bad_images", action="store_true",
+                   help="skip unreadable images (counted in the results) instead of failing")
     g.add_argument("--num_val_sample_per_class", type=int, default=0,
                    help="images per class of the val split (0 = all)")
     g.add_argument("--resize_size", type=int, default=256)
@@ -116,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval_only", action="store_true",
                    help="evaluate the experiment's checkpoint (or --ft_ckpt for vanilla)")
+    g.add_argument("--skip_eval", action="store_true",
+                   help="train only; score later with --eval_only (the run scripts do this)")
     g.add_argument("--eval_checkpoint_type", default="last",
                    help="checkpoint file prefix in the experiment folder: last, epoch3, ...")
     g.add_argument("--split", default="test", choices=("val", "test"),
@@ -137,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GT-known/Top-1 Loc against the first GT box (public code's variant)")
     g.add_argument("--save_scoremaps", action="store_true",
                    help="write each map as .npy under scoremaps/<split>/<method>_<branch>/")
+    g.add_argument("--save_overlays", type=int, default=0, metavar="N",
+                   help="write N overlay PNGs per method and branch (map, GT and predicted "
+                        "box or mask contours) and a softmax-vs-sigmoid grid per method "
+                        "under overlays/<split>/")
+    g.add_argument("--plots", action="store_true",
+                   help="write box-accuracy-vs-threshold and PxAP precision-recall curves "
+                        "under plots/<split>/")
     g.add_argument("--fidelity", action="store_true",
                    help="also compute Average Drop, Increase in Confidence, insertion/deletion")
     g.add_argument("--scorecam_batch_size", type=int, default=32)
@@ -175,6 +188,8 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         raise ConfigError("--epochs must be >= 0, --batch_size and --lr_decay_frequency >= 1")
     if not 0 < args.cam_curve_interval < 1:
         raise ConfigError("--cam_curve_interval must be in (0, 1)")
+    if args.save_overlays < 0:
+        raise ConfigError("--save_overlays must be >= 0 (images per method and branch)")
     return args
 
 
@@ -185,6 +200,10 @@ def get_configs(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def configure_log_folder(args: argparse.Namespace) -> str:
     """Create the experiment folder for training; never silently overwrite one."""
     folder = args.log_folder
+    if getattr(args, "resume", False) and not args.eval_only:
+        if not os.path.isfile(os.path.join(folder, "last_checkpoint.pth.tar")):
+            raise ConfigError(f"--resume: {folder} has no last_checkpoint.pth.tar to resume from")
+        return folder
     if args.eval_only:
         os.makedirs(folder, exist_ok=True)
         return folder

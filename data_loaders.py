@@ -166,8 +166,10 @@ class WSOLImageLabelDataset(Dataset):
     def __init__(self, data_root: str, metadata_root: str,
                  transform: Callable, proxy: bool = False,
                  num_sample_per_class: int = 0,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None,
+                 skip_bad_images: bool = False):
         self.data_root = data_root
+        self.skip_bad_images = skip_bad_images
         self.metadata = configure_metadata(metadata_root)
         self.transform = transform
         self.image_ids = get_image_ids(self.metadata, proxy=proxy)
@@ -204,8 +206,20 @@ class WSOLImageLabelDataset(Dataset):
             with Image.open(path) as image:
                 image = image.convert("RGB")
         except (OSError, ValueError) as error:
-            raise ImageLoadError(f"cannot read image {path}: {error}") from None
+            if self.skip_bad_images:
+                return None  # dropped by skip_none_collate, counted by the caller
+            raise ImageLoadError(f"cannot read image {path}: {error} "
+                                 f"(fix or remove it, or pass --skip_bad_images)") from None
         return self.transform(image), self.image_labels[image_id], image_id
+
+
+def skip_none_collate(batch: list):
+    """Default collation of the items that loaded; an all-bad batch is empty."""
+    batch = [item for item in batch if item is not None]
+    if not batch:
+        return torch.empty(0, 3, 1, 1), torch.empty(0, dtype=torch.long), []
+    images, labels, ids = zip(*batch)
+    return torch.stack(images), torch.as_tensor(labels), list(ids)
 
 
 class ImageLoadError(OSError):
@@ -220,6 +234,7 @@ class LoaderSettings:
     crop_size: int = 224
     proxy_training_set: bool = False
     num_val_sample_per_class: int = 0
+    skip_bad_images: bool = False
 
 
 def get_transforms(split: str, resize_size: int, crop_size: int):
@@ -257,7 +272,8 @@ def get_data_loader(data_roots: dict[str, str], metadata_root: str,
             proxy=settings.proxy_training_set and split == "train",
             num_sample_per_class=(settings.num_val_sample_per_class
                                   if split == "val" else 0),
-            num_classes=num_classes)
+            num_classes=num_classes,
+            skip_bad_images=settings.skip_bad_images)
         sampler = sampler_factory(dataset, split) if sampler_factory else None
         loaders[split] = DataLoader(
             dataset,
@@ -265,7 +281,10 @@ def get_data_loader(data_roots: dict[str, str], metadata_root: str,
             shuffle=(split == "train" and sampler is None),
             sampler=sampler,
             num_workers=settings.workers,
+            collate_fn=skip_none_collate,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=settings.workers > 0,
+            # Fresh workers each epoch draw their seeds from ``generator``, so a
+            # resumed run replays the same augmentations.
+            persistent_workers=False,
             generator=generator if split == "train" else None)
     return loaders

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from data_loaders import configure_metadata
 from evaluation import BoxEvaluator, MaskEvaluator, make_threshold_list
 from wsol.cams import compute_cams, evaluation_maps
+from wsol.distributed import DistContext, all_reduce_sum
 from wsol.dual_branch import CAMModel
 
 __all__ = ["EvalSettings", "CAMComputer"]
@@ -44,6 +45,8 @@ class EvalSettings:
     fidelity: bool = False
     cam_kwargs: dict = field(default_factory=dict)
     show_progress: bool = True
+    overlay_count: int = 0            # --save_overlays: images per (method, branch)
+    overlay_root: str | None = None   # where they go (<log_folder>/overlays/<split>)
 
 
 class CAMComputer:
@@ -51,7 +54,8 @@ class CAMComputer:
 
     def __init__(self, model: CAMModel, loader: DataLoader, metadata_root: str,
                  mask_root: str, dataset_name: str, split: str, settings: EvalSettings,
-                 device: torch.device):
+                 device: torch.device, dist_ctx: DistContext = DistContext()):
+        self.dist = dist_ctx
         self.model = model
         self.loader = loader
         self.settings = settings
@@ -80,6 +84,14 @@ class CAMComputer:
         if settings.fidelity:
             from wsol.fidelity import FidelityEvaluator
             self.fidelity = {pair: FidelityEvaluator() for pair in self.pairs}
+        self.overlays = None  # first N images and their maps, for --save_overlays
+        if settings.overlay_count > 0 and settings.overlay_root and dist_ctx.is_main:
+            from wsol.visualize import OverlayCollector
+            self.overlays = OverlayCollector.from_metadata(
+                settings.overlay_count, metadata, mask_root, dataset_name, model.num_classes,
+                settings.loc_threshold, settings.resize_length, boxes=settings.box_metrics,
+                masks=settings.mask_metrics,
+                gt_boxes=next(iter(self.box.values())).gt_bboxes if self.box else None)
 
     def _save(self, maps: torch.Tensor, image_ids: Sequence[str], method: str, branch: str) -> None:
         folder = os.path.join(self.settings.scoremap_root, f"{method}_{branch}")
@@ -99,6 +111,8 @@ class CAMComputer:
         bar = tqdm(self.loader, desc="evaluate", leave=False,
                    disable=not self.settings.show_progress)
         for images, labels, image_ids in bar:
+            if labels.numel() == 0:  # every image of the batch was unreadable and skipped
+                continue
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             for branch in self.settings.branches:
@@ -111,6 +125,9 @@ class CAMComputer:
                     if out.logits_sigmoid is not None:
                         correct_sigmoid += (out.logits_sigmoid.argmax(1) == labels).sum()
                 maps = evaluation_maps(out, size)
+                if self.overlays is not None:  # keeps only the first N images
+                    self.overlays.add(branch, images, labels, out.logits.argmax(1),
+                                      list(image_ids), maps)
                 for method in self.settings.methods:
                     pair = (method, branch)
                     if pair in self.box:
@@ -122,12 +139,34 @@ class CAMComputer:
                     if self.settings.scoremap_root:
                         self._save(maps[method], image_ids, method, branch)
             seen += labels.shape[0]
+        totals = torch.stack([correct_softmax, correct_sigmoid,
+                              torch.tensor(seen, device=self.device),
+                              torch.tensor(len(self.loader.sampler), device=self.device)])
+        correct_softmax, correct_sigmoid, seen, expected = all_reduce_sum(totals, self.dist).tolist()
+        self._reduce_evaluators()
+        if self.overlays is not None:
+            self.overlays.write(self.settings.overlay_root)
         if seen == 0:
             raise ValueError("the evaluation loader yielded no images")
-        classification = {"Top-1 Cls": 100.0 * correct_softmax.item() / seen}
+        classification = {"Top-1 Cls": 100.0 * correct_softmax / seen}
         if self.model.is_dual:
-            classification["Top-1 Cls (sigmoid branch)"] = 100.0 * correct_sigmoid.item() / seen
-        return {"classification": classification, "num_images": seen, "rows": self._rows()}
+            classification["Top-1 Cls (sigmoid branch)"] = 100.0 * correct_sigmoid / seen
+        skipped = expected - seen  # unreadable images (--skip_bad_images)
+        return {"classification": classification, "num_images": seen,
+                "num_skipped_images": skipped, "rows": self._rows()}
+
+    def _reduce_evaluators(self) -> None:
+        """Sum every rank's integer counts, so each rank holds the totals."""
+        if not self.dist.enabled:
+            return
+        for evaluator in [*self.box.values(), *self.mask.values()]:
+            own = evaluator.counts()
+            delta = {}
+            for key, value in own.items():
+                local = torch.as_tensor(value, dtype=torch.int64)
+                total = all_reduce_sum(local.to(self.device), self.dist).cpu()
+                delta[key] = (total - local).numpy()
+            evaluator.add_counts(delta)
 
     def _accumulate_fidelity(self, pair, images, maps, labels) -> None:
         # Scored with the softmax head, on the image multiplied by the map.
@@ -154,3 +193,12 @@ class CAMComputer:
                 row.update(self.fidelity[(method, branch)].compute())
             rows.append(row)
         return rows
+
+
+if __name__ == "__main__":
+    # python inference.py --ckpt CKPT --image photo.jpg --method gradcam: one
+    # image's overlay (see wsol/single_image.py).
+    import sys
+
+    from wsol.single_image import main as single_image_main
+    sys.exit(single_image_main(sys.argv[1:]))

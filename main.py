@@ -20,8 +20,9 @@ from data_loaders import ImageLoadError, LoaderSettings, MetadataError, get_data
 from wsol.architectures import build_architecture
 from wsol.checkpoint import (CheckpointError, export_state_dict, load_into_cam_model,
                              load_torchvision_pretrained, save_checkpoint)
+from wsol.distributed import DistContext, ShardSampler, init_distributed
 from wsol.dual_branch import CAMModel
-from wsol.runtime import Tracker, resolve_device, seed_everything
+from wsol.runtime import Tracker, resolve_device, rng_state, seed_everything, set_rng_state
 from wsol.training import OptimConfig, build_optimizer, build_scheduler, train_one_epoch
 
 log = logging.getLogger("main")
@@ -53,37 +54,75 @@ def build_model(args) -> CAMModel:
     return model
 
 
-def checkpoint_payload(model: CAMModel, args, epoch: int, optimizer, scheduler) -> dict:
+def checkpoint_payload(model: CAMModel, args, epoch: int, optimizer, scheduler,
+                       generator: torch.Generator) -> dict:
     return {"state_dict": export_state_dict(model), "architecture": args.architecture,
             "num_classes": args.num_classes, "model_structure": args.model_structure,
             "large_feature_map": args.large_feature_map, "epoch": epoch,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": rng_state(generator)}
 
 
 def train(args, model: CAMModel, device: torch.device, tracker: Tracker,
-          generator: torch.Generator) -> None:
+          generator: torch.Generator, ctx: DistContext = DistContext()) -> None:
+    sampler_factory = None
+    forward = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+        from torch.utils.data import DistributedSampler
+        sampler_factory = lambda dataset, split: DistributedSampler(  # noqa: E731
+            dataset, ctx.world_size, ctx.rank, shuffle=True, seed=args.seed)
+        forward = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     loaders = get_data_loader(
         {"train": args.image_root}, args.split_metadata_root,
         LoaderSettings(args.batch_size, args.workers, args.resize_size, args.crop_size,
-                       args.proxy_training_set, args.num_val_sample_per_class),
-        splits=("train",), num_classes=args.num_classes, generator=generator)
+                       args.proxy_training_set, args.num_val_sample_per_class,
+                       args.skip_bad_images),
+        splits=("train",), num_classes=args.num_classes, generator=generator,
+        sampler_factory=sampler_factory)
     cfg = OptimConfig(args.lr, args.momentum, args.weight_decay, args.lr_classifier_ratio,
                       args.lr_decay_frequency)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    log.info("training %s (%s) for %d epochs on %d images", args.architecture,
-             args.model_structure, args.epochs, len(loaders["train"].dataset))
-    for epoch in range(1, args.epochs + 1):
+    first_epoch = 1
+    if args.resume:
+        first_epoch = resume_training(args, model, optimizer, scheduler, generator) + 1
+    log.info("training %s (%s) for epochs %d..%d on %d images", args.architecture,
+             args.model_structure, first_epoch, args.epochs, len(loaders["train"].dataset))
+    for epoch in range(first_epoch, args.epochs + 1):
+        if hasattr(loaders["train"].sampler, "set_epoch"):
+            loaders["train"].sampler.set_epoch(epoch)
         stats = train_one_epoch(model, loaders["train"], optimizer, device, epoch,
-                                show_progress=sys.stderr.isatty())
+                                show_progress=sys.stderr.isatty() and ctx.is_main,
+                                forward=forward)
         scheduler.step()
+        if not ctx.is_main:
+            continue
         tracker.log({**stats, "lr": optimizer.param_groups[0]["lr"]}, step=epoch)
-        payload = checkpoint_payload(model, args, epoch, optimizer, scheduler)
+        payload = checkpoint_payload(model, args, epoch, optimizer, scheduler, generator)
         save_checkpoint(payload, checkpoint_path(args.log_folder, f"epoch{epoch}"))
         save_checkpoint(payload, checkpoint_path(args.log_folder, "last"))
-    if args.epochs == 0:
-        save_checkpoint(checkpoint_payload(model, args, 0, optimizer, scheduler),
+    if args.epochs == 0 and ctx.is_main:
+        save_checkpoint(checkpoint_payload(model, args, 0, optimizer, scheduler, generator),
                         checkpoint_path(args.log_folder, "last"))
+
+
+def resume_training(args, model: CAMModel, optimizer, scheduler,
+                    generator: torch.Generator) -> int:
+    """Restore model, optimizer, LR schedule and RNG states of the last
+    complete epoch; returns that epoch."""
+    path = checkpoint_path(args.log_folder, "last")
+    checkpoint = load_into_cam_model(model, path)
+    missing = [k for k in ("optimizer", "scheduler", "rng", "epoch") if k not in checkpoint]
+    if missing:
+        raise CheckpointError(f"--resume: {path} lacks {', '.join(missing)}; it was not "
+                              f"written by a training run of this toolkit")
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    set_rng_state(checkpoint["rng"], generator)
+    log.info("resuming after epoch %d from %s", checkpoint["epoch"], path)
+    return int(checkpoint["epoch"])
 
 
 def load_for_evaluation(args, model: CAMModel) -> str:
@@ -103,7 +142,8 @@ def load_for_evaluation(args, model: CAMModel) -> str:
                           f"or check --experiment_name/--eval_checkpoint_type)")
 
 
-def evaluate(args, model: CAMModel, device: torch.device) -> dict:
+def evaluate(args, model: CAMModel, device: torch.device,
+             ctx: DistContext = DistContext()) -> dict:
     from inference import CAMComputer, EvalSettings
     from wsol.cams import parse_methods
 
@@ -111,10 +151,12 @@ def evaluate(args, model: CAMModel, device: torch.device) -> dict:
     loader = get_data_loader(
         {args.split: args.image_root}, args.split_metadata_root,
         LoaderSettings(args.batch_size, args.workers, args.resize_size, args.crop_size,
-                       False, args.num_val_sample_per_class),
-        splits=(args.split,), num_classes=args.num_classes)[args.split]
+                       False, args.num_val_sample_per_class, args.skip_bad_images),
+        splits=(args.split,), num_classes=args.num_classes,
+        sampler_factory=lambda dataset, split: ShardSampler(len(dataset), ctx.rank,
+                                                            ctx.world_size))[args.split]
     scoremap_root = (os.path.join(args.log_folder, "scoremaps", args.split)
-                     if args.save_scoremaps else None)
+                     if args.save_scoremaps else None)  # each rank writes its own images
     settings = EvalSettings(
         methods=methods, branches=args.cam_branches, clamp=not args.no_clamp,
         box_metrics=args.dataset_name in config.BOX_DATASETS,
@@ -122,14 +164,16 @@ def evaluate(args, model: CAMModel, device: torch.device) -> dict:
         cam_curve_interval=args.cam_curve_interval, iou_threshold_list=args.iou_threshold_list,
         multi_contour_eval=args.multi_contour_eval, loc_threshold=args.loc_threshold,
         first_box_only=args.first_box_only, scoremap_root=scoremap_root,
-        fidelity=args.fidelity, show_progress=sys.stderr.isatty(),
+        fidelity=args.fidelity, show_progress=sys.stderr.isatty() and ctx.is_main,
+        overlay_count=getattr(args, "save_overlays", 0),
+        overlay_root=os.path.join(args.log_folder, "overlays", args.split),
         cam_kwargs={"scorecam_batch_size": args.scorecam_batch_size,
                     "scorecam_topk": args.scorecam_topk,
                     "smooth_samples": args.smooth_samples, "smooth_sigma": args.smooth_sigma,
                     "generator": torch.Generator(device=device).manual_seed(args.seed)})
     computer = CAMComputer(model, loader, os.path.join(args.split_metadata_root, args.split),
                            args.dataset_mask_root, args.dataset_name, args.split, settings,
-                           device)
+                           device, ctx)
     results = computer.compute_and_evaluate()
     results.update({"experiment": args.experiment_name, "dataset": args.dataset_name,
                     "architecture": args.architecture, "model_structure": args.model_structure,
@@ -160,37 +204,57 @@ def write_json(payload: dict, path: str) -> None:
 
 
 def run(args) -> dict | None:
-    """Train (unless --eval_only) and evaluate one experiment."""
-    folder = config.configure_log_folder(args)
-    config.configure_logging(folder)
-    config.save_config(args, os.path.join(folder, "config.json" if not args.eval_only
-                                          else "config_eval.json"))
-    device = resolve_device(args.gpus)
+    """Train (unless --eval_only) and evaluate one experiment.  Under torchrun
+    every rank computes; only rank 0 writes files and logs."""
+    ctx = init_distributed()
+    if ctx.is_main:
+        folder = config.configure_log_folder(args)
+        config.configure_logging(folder)
+        config.save_config(args, os.path.join(folder, "config.json" if not args.eval_only
+                                              else "config_eval.json"))
+    else:
+        config.configure_logging(None)
+        logging.getLogger().setLevel(logging.WARNING)
+    _barrier(ctx)
+    device = (torch.device("cuda", ctx.local_rank) if ctx.enabled and torch.cuda.is_available()
+              else resolve_device(args.gpus))
     generator = seed_everything(args.seed)
-    if args.dataset_name == "SYNTH":
-        from wsol.synth import ensure_synth
-        ensure_synth(args.data_root, args.metadata_root, args.mask_root)
+    if args.dataset_name == "SYNTH" and not os.path.isdir(args.split_metadata_root):
+        if ctx.is_main:
+            from wsol.synth import ensure_synth  # generated the first time it is needed
+            ensure_synth(args.data_root, args.metadata_root, args.mask_root)
+        _barrier(ctx)
     model = build_model(args).to(device)
-    tracker = Tracker(args.wandb, args.project, args.wandb_name or args.experiment_name,
+    tracker = Tracker(args.wandb if ctx.is_main else "off", args.project,
+                      args.wandb_name or args.experiment_name,
                       {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool))},
-                      folder)
+                      args.log_folder)
     try:
         if args.eval_only:
             log.info("evaluating %s", load_for_evaluation(args, model))
         else:
-            train(args, model, device, tracker, generator)
+            train(args, model, device, tracker, generator, ctx)
         if getattr(args, "skip_eval", False):
             return None
         start = time.perf_counter()
-        results = evaluate(args, model, device)
+        results = evaluate(args, model, device, ctx)
         results["eval_seconds"] = time.perf_counter() - start
-        write_json(results, os.path.join(folder, f"results_{args.split}.json"))
-        tracker.log({f"{r['method']}/{r['branch']}/{k}": v for r in results["rows"]
-                     for k, v in r.items() if isinstance(v, float)})
-        print(format_table(results))
+        if ctx.is_main:
+            write_json(results, os.path.join(args.log_folder, f"results_{args.split}.json"))
+            tracker.log({f"{r['method']}/{r['branch']}/{k}": v for r in results["rows"]
+                         for k, v in r.items() if isinstance(v, float)})
+            print(format_table(results))
+            if getattr(args, "plots", False) or getattr(args, "save_overlays", 0):
+                from wsol.visualize import write_pictures
+                write_pictures(args, results, tracker)
         return results
     finally:
         tracker.finish()
+
+
+def _barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        torch.distributed.barrier()
 
 
 # The CPU demo: small backbone, small images, few epochs (about 3 minutes on
@@ -204,7 +268,8 @@ DEMO_VANILLA = ["--experiment_name", "demo_vanilla", "--model_structure", "vanil
                 "--lr_decay_frequency", "6", "--weight_decay", "1e-4"]
 DEMO_B2 = ["--experiment_name", "demo_b2", "--model_structure", "b2", "--override_cache",
            "--epochs", "4", "--lr", "0.01", "--lr_decay_frequency", "3",
-           "--weight_decay", "1e-4", "--cam_branch", "softmax,sigmoid"]
+           "--weight_decay", "1e-4", "--cam_branch", "softmax,sigmoid",
+           "--save_overlays", "8", "--plots"]  # the pictures README shows
 
 
 def run_demo(log_root: str = "train_log", extra: Sequence[str] = ()) -> dict:

@@ -52,10 +52,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig):
 
 
 def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    device: torch.device, epoch: int, show_progress: bool = True) -> dict[str, float]:
+                    device: torch.device, epoch: int, show_progress: bool = True,
+                    forward: torch.nn.Module | None = None) -> dict[str, float]:
     """One pass over ``loader``.  A dual-branch model trains its sigmoid branch
     with the class-balanced BCE; a vanilla model trains with cross-entropy.
-    Loss and accuracy are summed on the device and read once at the end."""
+    Loss and accuracy are summed on the device and read once at the end.
+    ``forward`` is the module to call (the DistributedDataParallel wrapper
+    under torchrun), ``model`` the CAMModel it wraps."""
+    forward = forward or model
     model.train()
     dual = model.is_dual
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
@@ -63,9 +67,11 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
     seen = 0
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show_progress)
     for images, labels, _ in bar:
+        if labels.numel() == 0:  # every image of the batch was unreadable and skipped
+            continue
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        out = model(images)
+        out = forward(images)
         if dual:
             loss = class_balanced_bce(out["logits_sigmoid"], labels)
             scores = out["logits_sigmoid"]

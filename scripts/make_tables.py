@@ -1,0 +1,386 @@
+#!/usr/bin/env python
+"""Collect experiments' results into the paper's tables (markdown and CSV).
+
+    python scripts/make_tables.py --experiments train_log/* --output tables/
+
+reads ``results_<split>.json`` of each experiment folder (or JSON files given
+directly) and writes ``tables/results.md`` and ``tables/results.csv``: one
+table per dataset and split, one row per backbone and CAM method, and for
+each metric (Top-1 Loc, GT-known Loc, MaxBoxAccV2 for box datasets, PxAP for
+mask datasets, Top-1 Cls) a *vanilla* column (the softmax branch) and an
+*ours* column (the sigmoid branch, with its difference to vanilla), each
+with the reference number of SPEC §4 beside it where one exists.
+
+Both branches usually come from one experiment evaluated with ``--cam_branch
+softmax,sigmoid`` (what ``scripts/run_*.sh`` do); a vanilla experiment's
+softmax rows fill the vanilla column as well.  When several experiments give
+the same cell, the most recently written results win (a warning names the
+others).  Sigmoid rows scored with ``--no_clamp`` get their own row.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+DATASET_ORDER = ("ILSVRC", "CUB", "OpenImages", "CARS", "SYNTH")
+DATASET_NAMES = {"ILSVRC": "ImageNet-1K (ILSVRC)", "CUB": "CUB-200-2011",
+                 "OpenImages": "OpenImages30K", "CARS": "Stanford Cars", "SYNTH": "SYNTH"}
+BACKBONE_ORDER = ("vgg16", "resnet50", "inception_v3", "resnet18")
+BACKBONE_NAMES = {"vgg16": "VGG16", "resnet50": "ResNet50", "inception_v3": "InceptionV3",
+                  "resnet18": "ResNet18", "mobilenet_v2": "MobileNetV2",
+                  "efficientnet_b0": "EfficientNet-B0", "regnet_y_400mf": "RegNetY-400MF",
+                  "shufflenet_v2_x0_5": "ShuffleNetV2-0.5"}
+METHOD_ORDER = ("cam", "gradcam", "gradcam++", "smoothgradcam++", "xgradcam", "layercam",
+                "scorecam", "hirescam", "eigencam")
+METHOD_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++",
+                "smoothgradcam++": "Smooth Grad-CAM++", "xgradcam": "XGrad-CAM",
+                "layercam": "LayerCAM", "scorecam": "Score-CAM", "hirescam": "HiResCAM",
+                "eigencam": "EigenCAM"}
+METRICS = ("Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP", "Top-1 Cls")
+PAPER = "paper"            # Oh & Noh, BMVC 2025 (the method's report)
+WSOLEVAL = "wsolevaluation"  # Choe et al., CVPR 2020 (CAM baselines)
+SOURCE_MARKS = {PAPER: "", WSOLEVAL: "*"}
+
+
+@dataclass(frozen=True)
+class Reference:
+    dataset: str
+    architecture: str
+    method: str
+    metric: str
+    vanilla: float | None
+    ours: float | None
+    source: str
+
+
+# SPEC §4, test split.
+REFERENCES = (
+    # The method's report.
+    Reference("ILSVRC", "vgg16", "cam", "Top-1 Loc", 43.11, 43.13, PAPER),
+    Reference("ILSVRC", "vgg16", "cam", "MaxBoxAccV2", 60.00, 60.25, PAPER),
+    Reference("ILSVRC", "vgg16", "gradcam", "Top-1 Loc", 37.01, 44.69, PAPER),
+    Reference("ILSVRC", "vgg16", "gradcam", "MaxBoxAccV2", 52.50, 60.17, PAPER),
+    Reference("ILSVRC", "resnet50", "cam", "Top-1 Loc", 47.67, 49.44, PAPER),
+    Reference("ILSVRC", "resnet50", "cam", "MaxBoxAccV2", 63.52, 64.73, PAPER),
+    Reference("OpenImages", "vgg16", "cam", "PxAP", 58.17, 60.16, PAPER),
+    # wsolevaluation's CAM baselines (vanilla only).
+    Reference("ILSVRC", "vgg16", "cam", "MaxBoxAccV2", 60.0, None, WSOLEVAL),
+    Reference("ILSVRC", "inception_v3", "cam", "MaxBoxAccV2", 63.4, None, WSOLEVAL),
+    Reference("ILSVRC", "resnet50", "cam", "MaxBoxAccV2", 63.7, None, WSOLEVAL),
+    Reference("CUB", "vgg16", "cam", "MaxBoxAccV2", 63.7, None, WSOLEVAL),
+    Reference("CUB", "inception_v3", "cam", "MaxBoxAccV2", 56.7, None, WSOLEVAL),
+    Reference("CUB", "resnet50", "cam", "MaxBoxAccV2", 63.0, None, WSOLEVAL),
+    Reference("OpenImages", "vgg16", "cam", "PxAP", 58.3, None, WSOLEVAL),
+    Reference("OpenImages", "inception_v3", "cam", "PxAP", 63.2, None, WSOLEVAL),
+    Reference("OpenImages", "resnet50", "cam", "PxAP", 58.5, None, WSOLEVAL),
+)
+
+
+def reference(dataset: str, architecture: str, method: str, metric: str,
+              split: str = "test") -> Reference | None:
+    """The paper's numbers first, else wsolevaluation's baseline; test split only."""
+    if split != "test":
+        return None
+    found = [r for r in REFERENCES if (r.dataset, r.architecture, r.method, r.metric)
+             == (dataset, architecture, method, metric)]
+    found.sort(key=lambda r: r.source != PAPER)
+    return found[0] if found else None
+
+
+# --------------------------------------------------------------------------
+# reading results
+# --------------------------------------------------------------------------
+
+@dataclass
+class Cell:
+    """One branch's numbers for one table row, and where they came from."""
+    values: dict
+    experiment: str
+    path: str
+    mtime: float
+
+
+@dataclass
+class TableRow:
+    dataset: str
+    split: str
+    architecture: str
+    method: str
+    clamp: bool = True
+    vanilla: Cell | None = None
+    ours: Cell | None = None
+    conflicts: list = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        name = METHOD_NAMES.get(self.method, self.method)
+        return name if self.clamp else f"{name} (no clamp)"
+
+
+def find_result_files(paths: Iterable[str], split: str | None) -> list[str]:
+    """``results_<split>.json`` of each experiment folder; JSON files as given."""
+    files = []
+    pattern = f"results_{split}.json" if split else "results_*.json"
+    for path in paths:
+        if os.path.isdir(path):
+            files += sorted(glob.glob(os.path.join(path, pattern)))
+        elif path.endswith(".json") and os.path.isfile(path):
+            files.append(path)
+    return files
+
+
+def _row_values(row: dict, results: dict) -> dict:
+    values = {m: row[m] for m in METRICS if isinstance(row.get(m), (int, float))}
+    cls = results.get("classification") or {}
+    if "Top-1 Cls" in cls:
+        values["Top-1 Cls"] = cls["Top-1 Cls"]
+    if "Top-1 Cls (sigmoid branch)" in cls:
+        values["Top-1 Cls (sigmoid branch)"] = cls["Top-1 Cls (sigmoid branch)"]
+    return values
+
+
+def collect(files: Sequence[str], warn=print) -> list[TableRow]:
+    """Table rows from results files; the newest file wins a contested cell."""
+    rows: dict[tuple, TableRow] = {}
+    for path in files:
+        try:
+            with open(path) as f:
+                results = json.load(f)
+        except (OSError, ValueError) as error:
+            warn(f"warning: skipping {path}: {error}")
+            continue
+        if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
+            warn(f"warning: skipping {path}: not a results_<split>.json of main.py")
+            continue
+        mtime = os.path.getmtime(path)
+        experiment = results.get("experiment") or os.path.basename(os.path.dirname(path))
+        dataset = results.get("dataset", "?")
+        split = results.get("split", "?")
+        architecture = results.get("architecture", "?")
+        softmax_rows = [r for r in results["rows"] if r.get("branch") == "softmax"]
+        sigmoid_rows = [r for r in results["rows"] if r.get("branch") == "sigmoid"]
+        for row in sigmoid_rows:
+            clamp = bool(row.get("clamp", True))
+            key = (dataset, split, architecture, row.get("method"), clamp)
+            table_row = rows.setdefault(key, TableRow(*key))
+            _put(table_row, "ours", Cell(_row_values(row, results), experiment, path, mtime))
+        for row in softmax_rows:
+            key = (dataset, split, architecture, row.get("method"), True)
+            table_row = rows.setdefault(key, TableRow(*key))
+            _put(table_row, "vanilla", Cell(_row_values(row, results), experiment, path, mtime))
+    # A no-clamp row shares the vanilla numbers of its method.
+    for key, table_row in rows.items():
+        if not table_row.clamp and table_row.vanilla is None:
+            clamped = rows.get((*key[:4], True))
+            if clamped is not None:
+                table_row.vanilla = clamped.vanilla
+    for table_row in rows.values():
+        for slot, kept, dropped in table_row.conflicts:
+            warn(f"warning: {table_row.dataset}/{table_row.architecture}/{table_row.label} "
+                 f"{slot}: using {kept} (newest), ignoring {dropped}")
+    return sort_rows(rows.values())
+
+
+def _put(row: TableRow, slot: str, cell: Cell) -> None:
+    old = getattr(row, slot)
+    if old is None:
+        setattr(row, slot, cell)
+        return
+    if old.path == cell.path:
+        return
+    newer, older = (cell, old) if cell.mtime >= old.mtime else (old, cell)
+    setattr(row, slot, newer)
+    if newer.values != older.values:  # the same model scored twice is no conflict
+        row.conflicts.append((slot, newer.path, older.path))
+
+
+def _order(value: str, order: Sequence[str]) -> tuple:
+    return (order.index(value), "") if value in order else (len(order), str(value))
+
+
+def sort_rows(rows: Iterable[TableRow]) -> list[TableRow]:
+    return sorted(rows, key=lambda r: (_order(r.dataset, DATASET_ORDER), r.split,
+                                       _order(r.architecture, BACKBONE_ORDER),
+                                       _order(r.method, METHOD_ORDER), not r.clamp))
+
+
+def add_reference_rows(rows: list[TableRow]) -> list[TableRow]:
+    """Rows for reference numbers that no experiment matched (test split)."""
+    have = {(r.dataset, r.split, r.architecture, r.method) for r in rows}
+    extra = {}
+    for ref in REFERENCES:
+        key = (ref.dataset, "test", ref.architecture, ref.method)
+        if key not in have:
+            extra.setdefault(key, TableRow(*key))
+    return sort_rows([*rows, *extra.values()])
+
+
+# --------------------------------------------------------------------------
+# rendering
+# --------------------------------------------------------------------------
+
+def _metrics_of(rows: Sequence[TableRow]) -> list[str]:
+    present = set()
+    for row in rows:
+        for cell in (row.vanilla, row.ours):
+            if cell:
+                present.update(cell.values)
+        for metric in METRICS:
+            if reference(row.dataset, row.architecture, row.method, metric, row.split):
+                present.add(metric)
+    if not present:
+        present = {"Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "Top-1 Cls"}
+    return [m for m in METRICS if m in present]
+
+
+def _value(cell: Cell | None, metric: str) -> float | None:
+    if cell is None:
+        return None
+    value = cell.values.get(metric)
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def row_numbers(row: TableRow, metric: str) -> dict:
+    """vanilla, ours, delta and the reference pair of one row and metric."""
+    vanilla, ours = _value(row.vanilla, metric), _value(row.ours, metric)
+    ref = reference(row.dataset, row.architecture, row.method, metric, row.split)
+    if not row.clamp:
+        ref = Reference(ref.dataset, ref.architecture, ref.method, ref.metric, ref.vanilla,
+                        None, ref.source) if ref else None
+    return {"vanilla": vanilla, "ours": ours,
+            "delta": None if vanilla is None or ours is None else ours - vanilla,
+            "ref_vanilla": ref.vanilla if ref else None,
+            "ref_ours": ref.ours if ref else None, "ref_source": ref.source if ref else None}
+
+
+def _with_ref(text: str, ref: float | None, source: str | None) -> str:
+    if ref is None:
+        return text
+    return f"{text} [{ref:.2f}{SOURCE_MARKS.get(source, '')}]"
+
+
+def to_markdown(rows: Sequence[TableRow]) -> str:
+    groups: dict[tuple, list[TableRow]] = {}
+    for row in rows:
+        groups.setdefault((row.dataset, row.split), []).append(row)
+    out = ["# Results: vanilla (softmax branch) vs ours (sigmoid branch)", "",
+           "Cells: our number; *ours* also shows its difference to vanilla in "
+           "parentheses; [x] = the reference number of SPEC §4 (the method's report, "
+           "Oh & Noh 2025; x* = wsolevaluation's CAM baseline, Choe et al. 2020). "
+           "Top-1 Cls is the softmax head's in both columns (it classifies in our model "
+           "too). — = not measured.", ""]
+    for (dataset, split), group in groups.items():
+        metrics = _metrics_of(group)
+        out.append(f"## {DATASET_NAMES.get(dataset, dataset)}, {split} split")
+        out.append("")
+        header = ["Backbone", "Method"]
+        for metric in metrics:
+            header += [f"{metric} vanilla", f"{metric} ours"]
+        out.append("| " + " | ".join(header) + " |")
+        out.append("| " + " | ".join(["---", "---"] + ["---:"] * (2 * len(metrics))) + " |")
+        for row in group:
+            cells = [BACKBONE_NAMES.get(row.architecture, row.architecture), row.label]
+            for metric in metrics:
+                n = row_numbers(row, metric)
+                ref_source = n["ref_source"]
+                cells.append(_with_ref(_fmt(n["vanilla"]), n["ref_vanilla"], ref_source))
+                ours = _fmt(n["ours"])
+                if n["delta"] is not None:
+                    ours += f" ({n['delta']:+.2f})"
+                cells.append(_with_ref(ours, n["ref_ours"], ref_source))
+            out.append("| " + " | ".join(cells) + " |")
+        experiments = sorted({c.experiment for r in group for c in (r.vanilla, r.ours) if c})
+        out.append("")
+        if experiments:
+            out.append(f"Experiments: {', '.join(experiments)}.")
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def csv_rows(rows: Sequence[TableRow]) -> tuple[list[str], list[dict]]:
+    header = ["dataset", "split", "backbone", "method", "clamp"]
+    for metric in METRICS:
+        header += [f"{metric} vanilla", f"{metric} ours", f"{metric} delta",
+                   f"{metric} ref vanilla", f"{metric} ref ours", f"{metric} ref source"]
+    header += ["Top-1 Cls (sigmoid branch)", "vanilla experiment", "ours experiment"]
+    records = []
+    for row in rows:
+        record = {"dataset": row.dataset, "split": row.split, "backbone": row.architecture,
+                  "method": row.method, "clamp": row.clamp}
+        for metric in METRICS:
+            n = row_numbers(row, metric)
+            for key, column in (("vanilla", "vanilla"), ("ours", "ours"), ("delta", "delta"),
+                                ("ref_vanilla", "ref vanilla"), ("ref_ours", "ref ours"),
+                                ("ref_source", "ref source")):
+                value = n[key]
+                record[f"{metric} {column}"] = ("" if value is None else
+                                                round(value, 4) if isinstance(value, float)
+                                                else value)
+        sigmoid_cls = _value(row.ours, "Top-1 Cls (sigmoid branch)")
+        record["Top-1 Cls (sigmoid branch)"] = "" if sigmoid_cls is None else round(sigmoid_cls, 4)
+        record["vanilla experiment"] = row.vanilla.experiment if row.vanilla else ""
+        record["ours experiment"] = row.ours.experiment if row.ours else ""
+        records.append(record)
+    return header, records
+
+
+def write_tables(rows: Sequence[TableRow], folder: str, name: str = "results") -> tuple[str, str]:
+    os.makedirs(folder, exist_ok=True)
+    md_path = os.path.join(folder, f"{name}.md")
+    csv_path = os.path.join(folder, f"{name}.csv")
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write(to_markdown(rows))
+    header, records = csv_rows(rows)
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(records)
+    return md_path, csv_path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scripts/make_tables.py",
+        description="Tables of vanilla vs sigmoid-branch results beside the paper's numbers.")
+    p.add_argument("--experiments", nargs="+", required=True,
+                   help="experiment folders (e.g. train_log/*) or results JSON files")
+    p.add_argument("--output", default="tables", help="folder for results.md and results.csv")
+    p.add_argument("--split", default="test",
+                   help="which results_<split>.json to read ('all' for every split)")
+    p.add_argument("--include_references", action="store_true",
+                   help="also list the reference rows that no experiment matched")
+    p.add_argument("--name", default="results", help="file name stem of the tables")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    split = None if args.split == "all" else args.split
+    files = find_result_files(args.experiments, split)
+    warn = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    rows = collect(files, warn)
+    if not rows:
+        print(f"error: no results_{split or '*'}.json with result rows under "
+              f"{' '.join(args.experiments)}", file=sys.stderr)
+        return 2
+    if args.include_references:
+        rows = add_reference_rows(rows)
+    md_path, csv_path = write_tables(rows, args.output, args.name)
+    print(to_markdown(rows))
+    print(f"wrote {md_path} and {csv_path} ({len(files)} results file(s))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

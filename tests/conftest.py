@@ -1,0 +1,32 @@
+import os
+import shutil
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+# Tiny SYNTH: 10 classes, a few images each; generated once per session.
+TINY_SYNTH = dict(seed=0, image_size=64, train_per_class=2, val_per_class=1, test_per_class=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_synth_root(tmp_path_factory):
+    """A folder with ``dataset/SYNTH`` and ``metadata/SYNTH`` (tiny)."""
+    from wsol.synth import generate_synth
+    root = tmp_path_factory.mktemp("synth")
+    generate_synth(str(root / "dataset"), str(root / "metadata"), **TINY_SYNTH)
+    return root
+
+
+def copy_as_dataset(source_root, target_root, name: str) -> None:
+    """Lay the tiny SYNTH data out as dataset ``name`` (boxes, or masks for OpenImages)."""
+    shutil.copytree(source_root / "dataset" / "SYNTH", target_root / "dataset" / name)
+    for split in ("train", "val", "test"):
+        src = source_root / "metadata" / "SYNTH" / split
+        dst = target_root / "metadata" / name / split
+        shutil.copytree(src, dst)
+        masks = dst / "localization_masks.txt"
+        if name == "OpenImages" and split != "train":
+            os.replace(masks, dst / "localization.txt")
+        elif masks.exists():
+            masks.unlink()

@@ -1,0 +1,106 @@
+"""Fidelity metrics against numbers computed by hand."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from wsol.fidelity import (FidelityEvaluator, gaussian_blur,
+                           insertion_deletion_auc, masked_images)
+
+
+def mean_score(images: torch.Tensor) -> torch.Tensor:
+    """Toy 'softmax head': class 0 has probability = mean pixel value."""
+    m = images.mean(dim=(1, 2, 3))
+    return torch.stack([m, 1 - m], dim=1)
+
+
+# Pixel values 1, .75, .5, .25; saliency ranks them .75, .5, .25, 1.
+IMAGE = torch.tensor([[[[1.0, 0.75], [0.5, 0.25]]]])
+SALIENCY = torch.tensor([[[0.1, 0.9], [0.5, 0.3]]])
+
+
+def test_average_drop_and_increase_in_confidence():
+    e = FidelityEvaluator()
+    # Drops: (0.8 - 0.4) / 0.8 = 0.5, none, (0.5 - 0.25) / 0.5 = 0.5, none.
+    e.accumulate(torch.tensor([0.8, 0.5]), torch.tensor([0.4, 0.6]))
+    e.accumulate(torch.tensor([0.5, 0.2]), torch.tensor([0.25, 0.2]))
+    result = e.compute()
+    assert result["Average Drop"] == pytest.approx(100 * (0.5 + 0 + 0.5 + 0) / 4)
+    # Only 0.6 > 0.5 is an increase (equal scores are not).
+    assert result["Increase in Confidence"] == pytest.approx(25.0)
+    assert math.isnan(result["Insertion AUC"]) and result["num_images"] == 4
+    with pytest.raises(ValueError):
+        e.accumulate(torch.tensor([0.0]), torch.tensor([0.1]))
+
+
+def test_deletion_curve_and_auc_by_hand():
+    out = insertion_deletion_auc(mean_score, IMAGE, SALIENCY, torch.tensor([0]),
+                                 steps=4, baseline="zeros", insertion_baseline="zeros",
+                                 return_curves=True)
+    # Mean after removing 0, 1, 2, 3, 4 most salient pixels (.75, .5, .25, 1).
+    expected = torch.tensor([[2.5, 1.75, 1.25, 1.0, 0.0]]) / 4
+    assert torch.allclose(out["deletion_curve"], expected)
+    # Trapezoid over fractions 0, 1/4, ..., 1: (sum - (first + last) / 2) / 4.
+    assert out["deletion"].item() == pytest.approx((1.625 - 0.3125) / 4)
+    insertion = torch.tensor([[0.0, 0.75, 1.25, 1.5, 2.5]]) / 4
+    assert torch.allclose(out["insertion_curve"], insertion)
+    assert out["insertion"].item() == pytest.approx((1.5 - 0.3125) / 4)
+
+
+def test_steps_take_equal_fractions_and_class_targets():
+    out = insertion_deletion_auc(mean_score, IMAGE, SALIENCY, torch.tensor([1]),
+                                 steps=2, baseline="zeros", which=("deletion",),
+                                 return_curves=True)
+    # Class 1 = 1 - mean: curve 1 - [.625, .3125, 0].
+    assert torch.allclose(out["deletion_curve"], torch.tensor([[0.375, 0.6875, 1.0]]))
+    assert out["deletion"].item() == pytest.approx((2.0625 - 0.6875) / 2)
+    assert "insertion" not in out
+
+
+def test_batched_channels_and_ties():
+    images = torch.cat([IMAGE, IMAGE.flip(-1)]).repeat(1, 3, 1, 1)
+    saliency = torch.stack([SALIENCY[0], torch.zeros(2, 2)])
+    out = insertion_deletion_auc(mean_score, images, saliency, torch.tensor([0, 0]),
+                                 steps=4, baseline="zeros", insertion_baseline="zeros",
+                                 return_curves=True)
+    assert out["deletion"][0].item() == pytest.approx((1.625 - 0.3125) / 4)
+    # All-tied saliency: pixel index order (1, .75 | flipped: .75, 1, .25, .5).
+    assert torch.allclose(out["deletion_curve"][1],
+                          torch.tensor([2.5, 1.75, 0.75, 0.5, 0.0]) / 4)
+
+
+def test_blur_baseline_and_custom_baseline():
+    constant = torch.full((1, 3, 8, 8), 0.3)
+    assert torch.allclose(gaussian_blur(constant), constant)
+    blurred = gaussian_blur(torch.rand(2, 3, 16, 16))
+    assert blurred.shape == (2, 3, 16, 16)
+    out = insertion_deletion_auc(mean_score, IMAGE, SALIENCY, torch.tensor([0]),
+                                 steps=4, baseline=torch.tensor(1.0), which=("deletion",),
+                                 return_curves=True)
+    # Deleted pixels become 1: mean goes up to 1.
+    assert out["deletion_curve"][0, -1].item() == pytest.approx(1.0)
+
+
+def test_masked_images_and_evaluator_auc():
+    images = torch.ones(2, 3, 4, 4)
+    maps = torch.rand(2, 4, 4)
+    assert torch.equal(masked_images(images, maps), maps[:, None].expand(2, 3, 4, 4))
+    with pytest.raises(ValueError):
+        masked_images(images, torch.rand(2, 5, 4))
+    e = FidelityEvaluator()
+    e.accumulate_auc(torch.tensor([0.5, 0.7]), torch.tensor([0.1, 0.3]))
+    other = FidelityEvaluator()
+    other.accumulate_auc(torch.tensor([0.9]), torch.tensor([0.2]))
+    other.accumulate(torch.tensor([0.5]), torch.tensor([0.5]))
+    e.merge(other)
+    result = e.compute()
+    assert result["Insertion AUC"] == pytest.approx(0.7)
+    assert result["Deletion AUC"] == pytest.approx(0.2)
+    assert result["Average Drop"] == 0.0 and result["Increase in Confidence"] == 0.0
+
+
+def test_rejects_mismatched_saliency():
+    with pytest.raises(ValueError):
+        insertion_deletion_auc(mean_score, IMAGE, torch.rand(1, 3, 2), torch.tensor([0]))

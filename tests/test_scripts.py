@@ -1,0 +1,426 @@
+"""The experiment scripts: run_*.sh / run_experiments.py (dry runs, recipes, a
+tiny real run), make_tables.py on that run's JSON, and the pictures and the
+single-image tool on its checkpoint."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import config
+import main as main_module
+from tests.conftest import copy_as_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(REPO, "scripts")
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}",
+                                                  os.path.join(SCRIPTS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"scripts_{name}"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+run_experiments = load_script("run_experiments")
+make_tables = load_script("make_tables")
+
+PAPER_DATASETS = ("ILSVRC", "CUB", "OpenImages", "CARS")
+TORCHVISION = {"vgg16": "vgg16-397923af.pth", "resnet50": "resnet50-0676ba61.pth",
+               "inception_v3": "inception_v3_google-0cc3c7bd.pth"}
+
+
+def touch(path) -> None:
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("x\n")
+
+
+def fake_layout(root, datasets=PAPER_DATASETS):
+    """Dataset folders, metadata files and checkpoint files (contents never read)."""
+    for name in datasets:
+        os.makedirs(root / "dataset" / name, exist_ok=True)
+        for split in ("train", "val", "test"):
+            for f in ("image_ids.txt", "class_labels.txt", "image_sizes.txt",
+                      "localization.txt"):
+                touch(root / "metadata" / name / split / f)
+        for arch in TORCHVISION:
+            touch(root / "checkpoints" / f"{name}_{arch}_vanilla.pth.tar")
+    for arch, filename in TORCHVISION.items():
+        touch(root / "torchvision" / filename)
+
+
+def env_for(root) -> dict:
+    env = dict(os.environ)
+    env.update(DATA_ROOT=str(root / "dataset"), METADATA_ROOT=str(root / "metadata"),
+               LOG_ROOT=str(root / "train_log"), VANILLA_DIR=str(root / "checkpoints"),
+               PRETRAINED_DIR=str(root / "torchvision"), PYTHON=sys.executable)
+    return env
+
+
+def plan(argv):
+    args = run_experiments.build_parser().parse_args(argv)
+    return run_experiments.build_plan(args)
+
+
+def flag(step, name):
+    """The last value of ``name`` in the step's argv (the one argparse keeps)."""
+    argv = step.argv
+    return [argv[i + 1] for i, a in enumerate(argv) if a == name][-1]
+
+
+# --------------------------------------------------------------------------
+# plans and dry runs
+# --------------------------------------------------------------------------
+
+def test_every_planned_command_parses_with_the_published_recipe():
+    steps = plan(["--dataset", "ILSVRC", "--vanilla_dir", "ck"])
+    assert [s.kind for s in steps] == ["finetune", "evaluate"] * 6  # 3 backbones x 2 methods
+    for step in steps:
+        args = config.get_configs(step.argv)
+        assert args.dataset_name == "ILSVRC" and args.model_structure == "b2"
+    by_name = {(s.experiment, s.kind): s for s in steps}
+    lr = {(arch, m): float(flag(by_name[(f"ILSVRC_{arch}_{m}_b2", "finetune")], "--lr"))
+          for arch in ("vgg16", "resnet50", "inception_v3") for m in ("cam", "gradcam")}
+    assert lr == {("vgg16", "cam"): 3e-3, ("vgg16", "gradcam"): 1e-4,
+                  ("resnet50", "cam"): 1e-4, ("resnet50", "gradcam"): 5e-3,
+                  ("inception_v3", "cam"): 5e-4, ("inception_v3", "gradcam"): 5e-4}
+    finetune = config.get_configs(by_name[("ILSVRC_resnet50_cam_b2", "finetune")].argv)
+    assert (finetune.epochs, finetune.lr_decay_frequency, finetune.weight_decay,
+            finetune.batch_size) == (10, 3, 1e-4, 32)
+    assert finetune.large_feature_map and finetune.skip_eval
+    assert finetune.ft_ckpt == os.path.join("ck", "ILSVRC_resnet50_vanilla.pth.tar")
+    assert finetune.unfreeze_layers == ("fc2",)
+    vgg = config.get_configs(by_name[("ILSVRC_vgg16_cam_b2", "finetune")].argv)
+    assert vgg.weight_decay == 5e-4 and not vgg.large_feature_map
+    evaluate = config.get_configs(by_name[("ILSVRC_vgg16_gradcam_b2", "evaluate")].argv)
+    assert evaluate.eval_only and evaluate.cam_branches == ["softmax", "sigmoid"]
+    assert evaluate.method == "gradcam" and evaluate.split == "test"
+    cub = config.get_configs(plan(["--dataset", "CUB", "--architectures", "vgg16",
+                                   "--methods", "cam"])[0].argv)
+    assert (cub.epochs, cub.lr_decay_frequency, cub.lr) == (50, 15, 5e-5)
+
+
+def test_cars_trains_its_vanilla_models_first(tmp_path):
+    steps = plan(["--dataset", "CARS", "--methods", "cam,gradcam",
+                  "--pretrained_dir", str(tmp_path), "--log_root", "logs"])
+    assert [s.kind for s in steps[:5]] == ["vanilla", "finetune", "evaluate",
+                                          "finetune", "evaluate"]
+    vanilla = config.get_configs(steps[0].argv)
+    assert vanilla.model_structure == "vanilla" and vanilla.skip_eval
+    assert vanilla.architecture == "vgg16" and vanilla.epochs == 50
+    last = os.path.join("logs", "CARS_vgg16_vanilla", "last_checkpoint.pth.tar")
+    assert flag(steps[1], "--ft_ckpt") == last and flag(steps[3], "--ft_ckpt") == last
+    assert config.get_configs(steps[1].argv).epochs == 10
+    # A trained vanilla model given explicitly replaces the training step.
+    steps = plan(["--dataset", "CARS", "--architectures", "resnet50", "--methods", "cam",
+                  "--vanilla", "resnet50=mine.pth"])
+    assert [s.kind for s in steps] == ["finetune", "evaluate"]
+    assert flag(steps[0], "--ft_ckpt") == "mine.pth"
+
+
+def test_synth_recipe_is_the_demo_recipe():
+    steps = plan(["--dataset", "SYNTH"])
+    assert [s.kind for s in steps] == ["vanilla", "finetune", "evaluate",
+                                      "finetune", "evaluate"]
+    ours = config.get_configs(steps[0].argv)
+    demo = config.get_configs([*main_module.DEMO_COMMON, *main_module.DEMO_VANILLA])
+    for key in ("epochs", "lr", "lr_decay_frequency", "weight_decay", "lr_classifier_ratio",
+                "resize_size", "crop_size", "large_feature_map", "batch_size",
+                "cam_curve_interval", "architecture"):
+        assert getattr(ours, key) == getattr(demo, key), key
+    ours = config.get_configs(steps[1].argv)
+    demo = config.get_configs([*main_module.DEMO_COMMON, *main_module.DEMO_B2,
+                               "--ft_ckpt", "v.pth"])
+    for key in ("epochs", "lr", "lr_decay_frequency", "weight_decay", "resize_size",
+                "crop_size", "large_feature_map", "cam_curve_interval"):
+        assert getattr(ours, key) == getattr(demo, key), key
+
+
+def test_extra_flags_come_last_and_override_the_recipe():
+    steps = plan(["--dataset", "CUB", "--architectures", "vgg16", "--methods", "cam",
+                  "--save_overlays", "4", "--plots", "--gpus", "1"])
+    assert "--save_overlays" in steps[1].argv and "--save_overlays" not in steps[0].argv
+    status = run_experiments.main(["--dataset", "CUB", "--architectures", "vgg16",
+                                   "--methods", "cam", "--vanilla_dir", "/no/such/dir",
+                                   "--dry_run", "--", "--epochs", "2",
+                                   "--wandb", "offline"])
+    assert status == 1  # the default paths do not exist here; the flags parsed
+    args = run_experiments.build_parser().parse_args(["--dataset", "CUB", "--architectures",
+                                                      "vgg16", "--methods", "cam"])
+    steps = run_experiments.build_plan(args, ["--epochs", "2", "--wandb", "offline"])
+    parsed = config.get_configs(steps[0].argv)
+    assert parsed.epochs == 2 and parsed.wandb == "offline"
+
+
+def test_bad_plans_are_reported():
+    assert run_experiments.main(["--dataset", "CUB", "--methods", "camm", "--dry_run"]) == 2
+    assert run_experiments.main(["--dataset", "CUB", "--vanilla", "vgg16", "--dry_run"]) == 2
+    steps = plan(["--dataset", "CUB", "--architectures", "vgg16", "--methods", "cam"])
+    steps[0].argv += ["--lr_decay_frequency", "0"]
+    steps[1].argv += ["--no_such_flag"]
+    problems = run_experiments.check_plan(steps)
+    assert any("finetune: main.py rejects the flags: --epochs must be" in p for p in problems)
+    assert any("evaluate: main.py rejects the flags" in p and "--no_such_flag" in p
+               for p in problems)
+
+
+def test_run_all_dry_run_passes_on_a_complete_layout(tmp_path):
+    fake_layout(tmp_path)
+    os.makedirs(tmp_path / "dataset" / "OpenImages", exist_ok=True)  # its masks live here
+    result = subprocess.run(["bash", os.path.join(SCRIPTS, "run_all.sh"), "--dry_run"],
+                            env=env_for(tmp_path), capture_output=True, text=True, cwd=tmp_path,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in PAPER_DATASETS:
+        assert f"{name}_vgg16_cam_b2: finetune" in result.stdout
+        assert f"{name}_inception_v3_gradcam_b2: evaluate" in result.stdout
+    assert "CARS_resnet50_vanilla: vanilla" in result.stdout
+    assert str(tmp_path / "torchvision" / TORCHVISION["resnet50"]) in result.stdout
+    assert result.stdout.count("dry run: 12 command(s) parse") == 3  # ILSVRC, CUB, OpenImages
+    assert "dry run: 15 command(s) parse" in result.stdout  # CARS: + 3 vanilla trainings
+    assert not (tmp_path / "train_log").exists()  # nothing ran
+
+
+def test_dry_run_names_every_missing_path(tmp_path):
+    fake_layout(tmp_path, datasets=("CUB",))
+    os.remove(tmp_path / "checkpoints" / "CUB_resnet50_vanilla.pth.tar")
+    os.remove(tmp_path / "metadata" / "CUB" / "test" / "localization.txt")
+    result = subprocess.run(["bash", os.path.join(SCRIPTS, "run_cub.sh"), "--dry_run"],
+                            env=env_for(tmp_path), capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120)
+    assert result.returncode == 1
+    missing_ckpt = str(tmp_path / "checkpoints" / "CUB_resnet50_vanilla.pth.tar")
+    missing_meta = str(tmp_path / "metadata" / "CUB" / "test" / "localization.txt")
+    assert f"missing vanilla checkpoint: {missing_ckpt}" in result.stderr
+    assert f"missing test metadata file: {missing_meta}" in result.stderr
+    assert "2 problem(s)" in result.stderr
+    # In-process: an absent dataset folder, a CARS backbone without ImageNet weights.
+    fake_layout(tmp_path / "b", datasets=("CARS",))
+    shutil.rmtree(tmp_path / "b" / "dataset" / "CARS")
+    os.remove(tmp_path / "b" / "torchvision" / TORCHVISION["vgg16"])
+    steps = plan(["--dataset", "CARS", "--data_root", str(tmp_path / "b" / "dataset"),
+                  "--metadata_root", str(tmp_path / "b" / "metadata"),
+                  "--pretrained_dir", str(tmp_path / "b" / "torchvision")])
+    problems = run_experiments.check_plan(steps)
+    assert any(p.startswith(f"missing dataset image folder: {tmp_path / 'b' / 'dataset' / 'CARS'}")
+               for p in problems)
+    assert any("missing torchvision ImageNet weights" in p and "vgg16" in p for p in problems)
+    # The vanilla checkpoints CARS trains are made by earlier steps: not reported.
+    assert not any("CARS_resnet50_vanilla" in p for p in problems)
+
+
+def test_synth_script_dry_run(tmp_path):
+    result = subprocess.run(["bash", os.path.join(SCRIPTS, "run_synth.sh"), "--dry_run"],
+                            env=env_for(tmp_path), capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr  # SYNTH is generated on the first run
+    assert "SYNTH_resnet18_vanilla: vanilla" in result.stdout
+
+
+def test_step_states_resume_and_skip(tmp_path):
+    steps = plan(["--dataset", "CUB", "--architectures", "vgg16", "--methods", "cam",
+                  "--log_root", str(tmp_path)])
+    finetune, evaluate = steps
+    folder = tmp_path / "CUB_vgg16_cam_b2"
+    assert run_experiments.step_state(finetune) == ("fresh", [])
+    touch(folder / "log.log")
+    assert run_experiments.step_state(finetune) == ("override", ["--override_cache"])
+    touch(folder / "last_checkpoint.pth.tar")
+    assert run_experiments.step_state(finetune) == ("resume", ["--resume"])
+    touch(folder / "epoch50_checkpoint.pth.tar")
+    assert run_experiments.step_state(finetune) == ("done", [])
+    assert run_experiments.step_state(evaluate) == ("fresh", [])
+    touch(folder / "results_test.json")
+    assert run_experiments.step_state(evaluate) == ("done", [])
+    calls = []
+    status = run_experiments.execute(steps, lambda argv: calls.append(argv) or 0,
+                                     reevaluate=True, out=open(os.devnull, "w"))
+    assert status == 0 and len(calls) == 1 and "--eval_only" in calls[0]
+    failing = run_experiments.execute(steps, lambda argv: 3, force=True,
+                                      out=open(os.devnull, "w"))
+    assert failing == 3
+
+
+# --------------------------------------------------------------------------
+# a tiny real run through the run script, then tables, pictures, one image
+# --------------------------------------------------------------------------
+
+TINY = ["--resize_size", "40", "--crop_size", "32", "--epochs", "1", "--batch_size", "8",
+        "--workers", "0", "--lr", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_synth_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    copy_as_dataset(tiny_synth_root, root, "SYNTH")
+    for split in ("val", "test"):  # SYNTH keeps its masks as well as its boxes
+        shutil.copy(tiny_synth_root / "metadata" / "SYNTH" / split / "localization_masks.txt",
+                    root / "metadata" / "SYNTH" / split / "localization_masks.txt")
+    argv = ["--dataset", "SYNTH", "--data_root", str(root / "dataset"),
+            "--metadata_root", str(root / "metadata"), "--log_root", str(root / "train_log"),
+            "--workers", "0", "--save_overlays", "3", "--plots", "--", *TINY]
+    calls = []
+
+    def in_process(step_argv):
+        calls.append(step_argv)
+        return main_module.main(step_argv)
+
+    assert run_experiments.main(argv, runner=in_process) == 0
+    return root, argv, calls
+
+
+def test_tiny_run_trains_fine_tunes_and_scores_both_branches(tiny_run):
+    root, argv, calls = tiny_run
+    assert len(calls) == 5  # vanilla, then per method fine-tune + evaluate
+    for method in ("cam", "gradcam"):
+        results = json.loads((root / "train_log" / f"SYNTH_resnet18_{method}_b2" /
+                              "results_test.json").read_text())
+        assert [(r["method"], r["branch"]) for r in results["rows"]] == [
+            (method, "softmax"), (method, "sigmoid")]
+        assert all(0 <= r["MaxBoxAccV2"] <= 100 and 0 <= r["PxAP"] <= 100
+                   for r in results["rows"])
+    # Run again: every step is found finished and skipped.
+    again = []
+    assert run_experiments.main(argv, runner=lambda a: again.append(a) or 0) == 0
+    assert again == []
+
+
+def test_make_tables_renders_the_tiny_runs_json(tiny_run, tmp_path, capsys):
+    root, _, _ = tiny_run
+    experiments = sorted(str(p) for p in (root / "train_log").iterdir())
+    assert make_tables.main(["--experiments", *experiments, "--output", str(tmp_path)]) == 0
+    markdown = (tmp_path / "results.md").read_text()
+    assert "## SYNTH, test split" in markdown
+    assert "| ResNet18 | CAM |" in markdown and "| ResNet18 | Grad-CAM |" in markdown
+    for column in ("Top-1 Loc vanilla", "GT-known Loc ours", "MaxBoxAccV2 vanilla",
+                   "PxAP ours", "Top-1 Cls vanilla"):
+        assert column in markdown
+    with open(tmp_path / "results.csv") as f:
+        records = list(csv.DictReader(f))
+    assert [(r["dataset"], r["backbone"], r["method"]) for r in records] == [
+        ("SYNTH", "resnet18", "cam"), ("SYNTH", "resnet18", "gradcam")]
+    results = json.loads((root / "train_log" / "SYNTH_resnet18_cam_b2" /
+                          "results_test.json").read_text())
+    softmax, sigmoid = results["rows"]
+    record = records[0]
+    assert float(record["MaxBoxAccV2 vanilla"]) == pytest.approx(softmax["MaxBoxAccV2"], abs=1e-4)
+    assert float(record["MaxBoxAccV2 ours"]) == pytest.approx(sigmoid["MaxBoxAccV2"], abs=1e-4)
+    assert float(record["PxAP delta"]) == pytest.approx(sigmoid["PxAP"] - softmax["PxAP"],
+                                                        abs=1e-3)
+    assert float(record["Top-1 Cls ours"]) == pytest.approx(
+        results["classification"]["Top-1 Cls"], abs=1e-4)
+    assert record["ours experiment"] == "SYNTH_resnet18_cam_b2"
+    assert "| ResNet18 | CAM |" in capsys.readouterr().out
+
+
+def test_make_tables_puts_reference_numbers_beside_ours(tmp_path):
+    def write(name, dataset, arch, method, softmax, sigmoid, metric="MaxBoxAccV2"):
+        folder = tmp_path / "logs" / name
+        folder.mkdir(parents=True)
+        rows = [{"method": method, "branch": "softmax", "clamp": False, metric: softmax,
+                 "Top-1 Loc": softmax - 17},
+                {"method": method, "branch": "sigmoid", "clamp": True, metric: sigmoid,
+                 "Top-1 Loc": sigmoid - 17}]
+        (folder / "results_test.json").write_text(json.dumps(
+            {"experiment": name, "dataset": dataset, "architecture": arch,
+             "model_structure": "b2", "split": "test",
+             "classification": {"Top-1 Cls": 70.0}, "rows": rows}))
+        return folder
+
+    write("a", "ILSVRC", "vgg16", "cam", 60.1, 60.4)
+    write("b", "OpenImages", "vgg16", "cam", 58.0, 59.9, metric="PxAP")
+    out = tmp_path / "tables"
+    assert make_tables.main(["--experiments", str(tmp_path / "logs" / "a"),
+                             str(tmp_path / "logs" / "b"), "--output", str(out),
+                             "--include_references"]) == 0
+    markdown = (out / "results.md").read_text()
+    assert "| VGG16 | CAM | 43.10 [43.11] | 43.40 (+0.30) [43.13] |" in markdown
+    assert "60.10 [60.00] | 60.40 (+0.30) [60.25]" in markdown
+    assert "58.00 [58.17] | 59.90 (+1.90) [60.16]" in markdown
+    # OpenImages: Top-1 Loc (our fake rows have it), then PxAP with wsolevaluation's baseline
+    assert "| ResNet50 | CAM | — | — | — [58.50*] | — |" in markdown
+    assert "| VGG16 | Grad-CAM | — [37.01] | — [44.69] |" in markdown
+    with open(out / "results.csv") as f:
+        records = {(r["dataset"], r["backbone"], r["method"]): r for r in csv.DictReader(f)}
+    row = records[("ILSVRC", "vgg16", "cam")]
+    assert row["MaxBoxAccV2 ref vanilla"] == "60.0" and row["MaxBoxAccV2 ref source"] == "paper"
+    assert records[("ILSVRC", "inception_v3", "cam")]["MaxBoxAccV2 ref source"] == \
+        "wsolevaluation"
+    assert make_tables.main(["--experiments", str(tmp_path / "nothing"),
+                             "--output", str(out)]) == 2
+
+
+def test_evaluation_wrote_overlays_grids_and_curves(tiny_run):
+    root, _, _ = tiny_run
+    folder = root / "train_log" / "SYNTH_resnet18_gradcam_b2"
+    for branch in ("softmax", "sigmoid"):
+        pngs = sorted(os.listdir(folder / "overlays" / "test" / f"gradcam_{branch}"))
+        assert len(pngs) == 3 and pngs[0].startswith("00_")
+    assert (folder / "overlays" / "test" / "grid_gradcam.png").is_file()
+    assert {"box_accuracy_gradcam.png", "pxap_pr_gradcam.png"} <= set(
+        os.listdir(folder / "plots" / "test"))
+
+
+def test_mask_dataset_overlays_show_mask_contours(tiny_run, tmp_path, monkeypatch):
+    """Re-score the tiny checkpoint on the OpenImages layout: PxAP only, contours."""
+    root, _, _ = tiny_run
+    source = root / "train_log" / "SYNTH_resnet18_cam_b2"
+    copy_as_dataset(root, tmp_path, "OpenImages")
+    (tmp_path / "train_log" / "oi").mkdir(parents=True)
+    shutil.copy(source / "last_checkpoint.pth.tar", tmp_path / "train_log" / "oi")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--experiment_name", "oi", "--dataset_name", "OpenImages", "--num_classes", "10",
+            "--architecture", "resnet18", "--model_structure", "b2", "--eval_only",
+            "--cam_branch", "softmax,sigmoid", "--method", "cam", "--save_overlays", "2",
+            "--cam_curve_interval", "0.01", *TINY]
+    assert main_module.main(argv) == 0
+    grid = tmp_path / "train_log" / "oi" / "overlays" / "test" / "grid_cam.png"
+    assert grid.is_file()
+    assert len(os.listdir(grid.parent / "cam_sigmoid")) == 2
+
+
+def test_single_image_overlay_from_either_branch(tiny_run, tmp_path, capsys):
+    from wsol import single_image
+    root, _, _ = tiny_run
+    ckpt = root / "train_log" / "SYNTH_resnet18_cam_b2" / "last_checkpoint.pth.tar"
+    image = next((root / "dataset" / "SYNTH" / "test").rglob("*.png"))
+    out = tmp_path / "photo.png"
+    assert single_image.main(["--ckpt", str(ckpt), "--image", str(image), "--method",
+                              "gradcam", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "explained class" in printed and str(out) in printed
+    import cv2
+    both = cv2.imread(str(out))
+    assert both is not None and both.shape[1] > 3 * 256  # image + softmax + sigmoid panels
+    assert single_image.main(["--ckpt", str(ckpt), "--image", str(image), "--branch",
+                              "sigmoid", "--target", "0", "--output", str(tmp_path / "s.png")]) == 0
+    one = cv2.imread(str(tmp_path / "s.png"))
+    assert one.shape[1] < both.shape[1]
+    vanilla = root / "train_log" / "SYNTH_resnet18_vanilla" / "last_checkpoint.pth.tar"
+    assert single_image.main(["--ckpt", str(vanilla), "--image", str(image), "--branch",
+                              "sigmoid"]) == 2
+    assert "no sigmoid branch" in capsys.readouterr().err
+    assert single_image.main(["--ckpt", str(ckpt), "--image", str(tmp_path / "none.jpg")]) == 2
+    assert single_image.main(["--ckpt", str(ckpt), "--image", str(image),
+                              "--target", "no-such-class"]) == 2
+
+
+def test_inference_py_is_the_single_image_command(tiny_run, tmp_path):
+    root, _, _ = tiny_run
+    ckpt = root / "train_log" / "SYNTH_resnet18_cam_b2" / "last_checkpoint.pth.tar"
+    image = next((root / "dataset" / "SYNTH" / "test").rglob("*.png"))
+    result = subprocess.run([sys.executable, os.path.join(REPO, "inference.py"), "--ckpt",
+                             str(ckpt), "--image", str(image), "--method", "cam"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    written = [p for p in os.listdir(tmp_path) if p.endswith("_cam.png")]
+    assert len(written) == 1

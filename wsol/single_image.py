@@ -1,0 +1,308 @@
+"""Class activation map of one image of your choosing: the everyday use.
+
+``python inference.py --ckpt train_log/demo_b2/last_checkpoint.pth.tar
+--image photo.jpg --method gradcam`` writes ``photo_gradcam.png``: the image
+with the top-1 class of the softmax head, then the heatmap of each branch
+(softmax = the vanilla model, sigmoid = ours, clamped) over the image at its
+own aspect ratio, with the box GT-known Loc would score (largest contour at
+``--loc_threshold``) in red.  The top-k classes are printed.
+
+The model is rebuilt from the checkpoint: our checkpoints record the
+architecture, the number of classes and ``large_feature_map``, and the
+experiment folder's ``config.json`` (beside the checkpoint) gives the input
+size and dataset; for a bare wsolevaluation checkpoint pass
+``--architecture`` (and ``--large_feature_map``, ``--crop_size``).  A
+checkpoint with ``fc2.*`` weights is dual-branch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["build_parser", "load_model", "explain_image", "main"]
+
+
+class UserError(ValueError):
+    """A bad flag, path or checkpoint: reported in one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from config import ARCHITECTURE_NAMES, DATASET_NUM_CLASSES, str2bool
+    p = argparse.ArgumentParser(
+        prog="python inference.py",
+        description="Overlay the class activation map of the given image(s), from the "
+                    "softmax branch (vanilla), the sigmoid branch (ours) or both.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ckpt", required=True,
+                   help="checkpoint: an experiment's last_checkpoint.pth.tar (dual-branch "
+                        "or vanilla) or a wsolevaluation vanilla checkpoint")
+    p.add_argument("--image", required=True, nargs="+", help="image file(s)")
+    p.add_argument("--method", default="cam",
+                   help="CAM method(s), comma-separated (cam, gradcam, gradcam++, "
+                        "xgradcam, layercam, scorecam, ...)")
+    p.add_argument("--branch", default=None, choices=("softmax", "sigmoid", "both"),
+                   help="which branch's map (default: both for a dual-branch checkpoint, "
+                        "else softmax)")
+    p.add_argument("--output", default=None,
+                   help="PNG to write (one image) or folder (several); default: "
+                        "<image name>_<method>.png in the current folder")
+    p.add_argument("--target", default=None,
+                   help="class to explain, as an index or a name (default: the softmax "
+                        "head's top-1 prediction)")
+    p.add_argument("--topk", type=int, default=5, help="predictions to print")
+    p.add_argument("--loc_threshold", type=float, default=0.2,
+                   help="CAM threshold of the drawn box (as GT-known Loc)")
+    p.add_argument("--no_box", action="store_true", help="do not draw the predicted box")
+    p.add_argument("--no_clamp", action="store_true",
+                   help="keep negative sigmoid-branch channel weights (ablation)")
+    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
+    p.add_argument("--max_size", type=int, default=448,
+                   help="longest side of each panel in the output, in pixels")
+    p.add_argument("--architecture", default=None, choices=ARCHITECTURE_NAMES,
+                   help="default: from the checkpoint or its config.json")
+    p.add_argument("--num_classes", type=int, default=None,
+                   help="default: from the checkpoint's head")
+    p.add_argument("--large_feature_map", type=str2bool, nargs="?", const=True, default=None,
+                   help="default: from the checkpoint or its config.json, else FALSE")
+    p.add_argument("--crop_size", type=int, default=None,
+                   help="network input size (default: config.json's --crop_size, else 224)")
+    p.add_argument("--dataset_name", default=None, choices=tuple(DATASET_NUM_CLASSES),
+                   help="for class names (default: config.json's)")
+    p.add_argument("--class_names", default=None,
+                   help="file with one class name per line (or 'index,name' / CUB's "
+                        "classes.txt)")
+    p.add_argument("--gpus", default=None, help="GPU index; the CPU without CUDA")
+    p.add_argument("--smooth_samples", type=int, default=8)
+    p.add_argument("--scorecam_batch_size", type=int, default=32)
+    return p
+
+
+def _experiment_config(ckpt: str) -> dict:
+    path = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "config.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def load_model(args) -> tuple[object, dict]:
+    """The CAMModel of ``--ckpt`` (eval mode) and what was used to build it."""
+    from wsol.architectures import ARCHITECTURES, TORCHVISION_CAM_LAYERS, build_architecture
+    from wsol.checkpoint import CheckpointError, load_checkpoint_file, load_into_cam_model
+    from wsol.dual_branch import SIGMOID_BRANCH, CAMModel
+
+    try:
+        checkpoint = load_checkpoint_file(args.ckpt)
+    except CheckpointError as error:
+        raise UserError(str(error)) from None
+    cfg = _experiment_config(args.ckpt)
+    architecture = args.architecture or checkpoint.get("architecture") or cfg.get("architecture")
+    if not architecture:
+        raise UserError(f"{args.ckpt} does not say which architecture it is: pass "
+                        f"--architecture (vgg16, resnet50, inception_v3, ...)")
+    spec = {**ARCHITECTURES, **TORCHVISION_CAM_LAYERS}.get(architecture)
+    if spec is None:
+        raise UserError(f"unknown architecture {architecture!r}")
+    state = {k[len("module."):] if k.startswith("module.") else k: v
+             for k, v in checkpoint["state_dict"].items()}
+    state = {k[len("model."):] if k.startswith("model.") else k: v for k, v in state.items()}
+    num_classes = args.num_classes or checkpoint.get("num_classes")
+    if not num_classes:
+        head = state.get(spec.head + ".weight")
+        if head is None:
+            raise UserError(f"{args.ckpt} has no {spec.head}.weight: is it a {architecture} "
+                            f"checkpoint? (pass --architecture / --num_classes)")
+        num_classes = int(head.shape[0])
+    large = args.large_feature_map
+    if large is None:
+        large = bool(checkpoint.get("large_feature_map", cfg.get("large_feature_map", False)))
+    base, spec = build_architecture(architecture, int(num_classes), large)
+    model = CAMModel(base, spec.feature_layer, spec.head, architecture)
+    if any(k.startswith(SIGMOID_BRANCH + ".") for k in state):
+        model.add_sigmoid_branch("clone")
+    try:
+        load_into_cam_model(model, args.ckpt)
+    except CheckpointError as error:
+        raise UserError(str(error)) from None
+    model.eval()
+    info = {"architecture": architecture, "num_classes": int(num_classes),
+            "large_feature_map": large,
+            "crop_size": int(args.crop_size or cfg.get("crop_size") or 224),
+            "dataset_name": args.dataset_name or cfg.get("dataset_name")}
+    return model, info
+
+
+def _load_image(path: str):
+    from PIL import Image
+    if not os.path.isfile(path):
+        raise UserError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read image {path}: {error}") from None
+
+
+def _resolve_target(target: str | None, names: Sequence[str]) -> int | None:
+    if target is None:
+        return None
+    if target.strip().lstrip("-").isdigit():
+        index = int(target)
+    else:
+        lowered = [n.lower() for n in names]
+        if target.lower() not in lowered:
+            close = [n for n in names if target.lower() in n.lower()][:5]
+            raise UserError(f"--target {target!r} is not a class name"
+                            + (f"; did you mean: {', '.join(close)}" if close else ""))
+        index = lowered.index(target.lower())
+    if not 0 <= index < len(names):
+        raise UserError(f"--target {index} is outside 0..{len(names) - 1}")
+    return index
+
+
+def explain_image(model, image, methods: Sequence[str], branches: Sequence[str],
+                  crop_size: int, target: int | None = None, clamp: bool = True,
+                  display_size: tuple[int, int] | None = None, cam_kwargs: dict | None = None,
+                  device: torch.device = torch.device("cpu")) -> dict:
+    """Maps of one PIL image: ``{"maps": {(method, branch): HxW array in [0, 1]},
+    "probabilities": softmax-head probabilities [C], "sigmoid": sigmoid-branch
+    probabilities [C] or None, "target": explained class}``; maps at
+    ``display_size`` (w, h), default the image's size."""
+    from data_loaders import get_transforms
+    from wsol.cams import compute_cams, evaluation_maps
+
+    x = get_transforms("test", crop_size, crop_size)(image)[None].to(device)
+    width, height = display_size or image.size
+    maps: dict[tuple[str, str], np.ndarray] = {}
+    probabilities = sigmoid = None
+    explained = target
+    for branch in branches:
+        targets = None if target is None else torch.tensor([target], device=device)
+        out = compute_cams(model, x, targets=targets, methods=list(methods), branch=branch,
+                           clamp=clamp, **(cam_kwargs or {}))
+        if probabilities is None:
+            probabilities = out.logits.softmax(1)[0].detach().cpu().numpy()
+            if out.logits_sigmoid is not None:
+                sigmoid = out.logits_sigmoid.sigmoid()[0].detach().cpu().numpy()
+            explained = int(out.targets[0]) if out.targets is not None else \
+                int(probabilities.argmax())
+        for method, value in evaluation_maps(out, (height, width)).items():
+            maps[(method, branch)] = value[0].cpu().numpy()
+    maps = {(m, b): maps[(m, b)] for m in methods for b in branches}  # branches side by side
+    return {"maps": maps, "probabilities": probabilities, "sigmoid": sigmoid,
+            "target": explained}
+
+
+def _display_size(image, max_size: int, min_size: int = 256) -> tuple[int, int]:
+    """Panel size: the image's, its longest side brought into [min, max]."""
+    width, height = image.size
+    longest = max(width, height)
+    scale = min(max_size, max(min_size, longest)) / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def render_explanation(image, result: dict, names: Sequence[str], loc_threshold: float,
+                       alpha: float, draw_box: bool, display_size: tuple[int, int]) -> np.ndarray:
+    """One row: the image captioned with the prediction, then one panel per
+    (method, branch)."""
+    from wsol.visualize import (BRANCH_LABELS, PRED_COLOR, add_caption, blend, draw_boxes,
+                                predicted_box)
+    width, height = display_size
+    pixels = np.asarray(image.resize((width, height)), dtype=np.uint8)
+    probabilities = result["probabilities"]
+    top = int(probabilities.argmax())
+    target = result["target"]
+    panels = [add_caption(pixels, [f"pred {names[top]}", f"p = {probabilities[top]:.2f}",
+                                   f"explains {names[target]}"])]
+    for (method, branch), scoremap in result["maps"].items():
+        picture = blend(pixels, scoremap, alpha)
+        if draw_box:
+            picture = draw_boxes(picture, [predicted_box(scoremap, loc_threshold)], PRED_COLOR)
+        score = ""
+        if branch == "sigmoid" and result["sigmoid"] is not None:
+            score = f"sigmoid score {result['sigmoid'][target]:.2f}"
+        elif branch == "softmax":
+            score = f"softmax p {probabilities[target]:.2f}"
+        panels.append(add_caption(picture, [method, BRANCH_LABELS.get(branch, branch), score]))
+    height = max(p.shape[0] for p in panels)
+    panels = [np.pad(p, ((0, height - p.shape[0]), (0, 4), (0, 0)), constant_values=255)
+              for p in panels]
+    return np.concatenate(panels, axis=1)[:, :-4]
+
+
+def _output_path(args, image_path: str, methods: Sequence[str], several: bool) -> str:
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    name = f"{stem}_{'_'.join(methods)}.png".replace("+", "p")
+    if args.output is None:
+        return name
+    if several or os.path.isdir(args.output) or args.output.endswith(os.sep):
+        return os.path.join(args.output, name)
+    return args.output
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from wsol.cams import parse_methods
+    from wsol.runtime import resolve_device
+    from wsol.visualize import class_names_for, save_png
+
+    try:
+        methods = parse_methods(args.method)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if not 0 <= args.loc_threshold <= 1:
+        raise UserError("--loc_threshold must be in [0, 1]")
+    model, info = load_model(args)
+    if args.branch in (None, "both"):
+        branches = ["softmax", "sigmoid"] if model.is_dual else ["softmax"]
+    else:
+        branches = [args.branch]
+    if "sigmoid" in branches and not model.is_dual:
+        raise UserError(f"{args.ckpt} has no sigmoid branch (fc2): it is a vanilla model; "
+                        f"use --branch softmax or a fine-tuned (b2) checkpoint")
+    try:
+        device = resolve_device(args.gpus)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    model.to(device)
+    if args.class_names and not os.path.isfile(args.class_names):
+        raise UserError(f"--class_names file not found: {args.class_names}")
+    names = class_names_for(info["dataset_name"], info["num_classes"], args.class_names)
+    target = _resolve_target(args.target, names)
+    cam_kwargs = {"smooth_samples": args.smooth_samples,
+                  "scorecam_batch_size": args.scorecam_batch_size}
+    several = len(args.image) > 1
+    for image_path in args.image:
+        image = _load_image(image_path)
+        size = _display_size(image, args.max_size)
+        result = explain_image(model, image, methods, branches, info["crop_size"], target,
+                               clamp=not args.no_clamp, display_size=size,
+                               cam_kwargs=cam_kwargs, device=device)
+        picture = render_explanation(image, result, names, args.loc_threshold, args.alpha,
+                                     not args.no_box, size)
+        path = _output_path(args, image_path, methods, several)
+        save_png(path, picture)
+        probabilities = result["probabilities"]
+        order = np.argsort(-probabilities)[:max(1, args.topk)]
+        print(f"{image_path}: " + ", ".join(f"{names[k]} {probabilities[k]:.3f}"
+                                           for k in order))
+        print(f"  explained class: {names[result['target']]}; overlay written to {path}")
+    return 0
