@@ -28,5 +28,5 @@ def copy_as_dataset(source_root, target_root, name: str) -> None:
         masks = dst / "localization_masks.txt"
         if name == "OpenImages" and split != "train":
             os.replace(masks, dst / "localization.txt")
-        elif masks.exists():
+        elif masks.exists() and name != "SYNTH":
             masks.unlink()

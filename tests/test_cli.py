@@ -110,9 +110,6 @@ def run_tiny(root, name, extra):
 def test_end_to_end_vanilla_then_b2_is_in_range_and_deterministic(tiny_synth_root, tmp_path):
     root = tmp_path
     copy_as_dataset(tiny_synth_root, root, "SYNTH")
-    for split in ("val", "test"):  # SYNTH keeps its masks as well as its boxes
-        shutil.copy(tiny_synth_root / "metadata" / "SYNTH" / split / "localization_masks.txt",
-                    root / "metadata" / "SYNTH" / split / "localization_masks.txt")
     run_tiny(root, "vanilla", ["--epochs", "1", "--lr", "0.01"])
     ckpt = str(root / "train_log" / "vanilla" / "last_checkpoint.pth.tar")
     results = [run_tiny(root, f"b2_{i}", ["--epochs", "1", "--lr", "0.01", "--ft_ckpt", ckpt,

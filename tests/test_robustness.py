@@ -1,0 +1,128 @@
+"""Runs that survive: resume, bad input, torchrun (issue 6)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import config
+import main
+from tests.conftest import copy_as_dataset
+from wsol.checkpoint import load_checkpoint_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture()
+def workspace(tiny_synth_root, tmp_path):
+    copy_as_dataset(tiny_synth_root, tmp_path, "SYNTH")
+    return tmp_path
+
+
+def tiny_argv(root, name, *extra):
+    return ["--experiment_name", name, "--dataset_name", "SYNTH", "--architecture", "resnet18",
+            "--data_root", str(root / "dataset"), "--metadata_root", str(root / "metadata"),
+            "--log_root", str(root / "train_log"), "--resize_size", "40", "--crop_size", "32",
+            "--batch_size", "8", "--workers", "0", "--cam_curve_interval", "0.01",
+            "--method", "cam", "--lr", "0.05", *extra]
+
+
+def test_resume_reaches_the_same_weights_bit_for_bit(workspace):
+    run = lambda *a: main.run(config.get_configs(tiny_argv(workspace, *a, "--skip_eval")))  # noqa
+    run("full", "--epochs", "2", "--lr_decay_frequency", "1")
+    run("cut", "--epochs", "1", "--lr_decay_frequency", "1")
+    run("cut", "--epochs", "2", "--lr_decay_frequency", "1", "--resume")
+    full = load_checkpoint_file(str(workspace / "train_log/full/last_checkpoint.pth.tar"))
+    cut = load_checkpoint_file(str(workspace / "train_log/cut/last_checkpoint.pth.tar"))
+    assert cut["epoch"] == full["epoch"] == 2
+    for key, value in full["state_dict"].items():
+        assert torch.equal(value, cut["state_dict"][key]), key
+    assert cut["scheduler"]["last_epoch"] == full["scheduler"]["last_epoch"]
+
+
+def test_resume_without_a_checkpoint_is_refused(workspace, capsys):
+    code = main.main(tiny_argv(workspace, "never", "--epochs", "2", "--resume"))
+    assert code == 2 and "no last_checkpoint.pth.tar" in capsys.readouterr().err
+
+
+def _edit(path, fn):
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(fn(lines)) + "\n")
+
+
+@pytest.mark.parametrize("file,edit,message", [
+    ("class_labels.txt", lambda ls: [ls[0] + ",7"] + ls[1:], "class_labels.txt:1: expected 2"),
+    ("class_labels.txt", lambda ls: [ls[0].split(",")[0] + ",bird"] + ls[1:],
+     "'bird' is not a valid int"),
+    ("class_labels.txt", lambda ls: [ls[0].split(",")[0] + ",10"] + ls[1:],
+     "is >= the number of classes (10)"),
+    ("class_labels.txt", lambda ls: ls[1:], "missing, first"),
+    ("localization.txt", lambda ls: [ls[0].split(",")[0] + ",30,5,10,20"] + ls[1:],
+     "x1 < x0"),
+])
+def test_bad_metadata_names_file_and_line(workspace, capsys, file, edit, message):
+    _edit(workspace / "metadata" / "SYNTH" / "test" / file, edit)
+    code = main.main(tiny_argv(workspace, "bad", "--epochs", "0"))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (workspace / "train_log" / "bad" / "results_test.json").exists()
+
+
+def test_truncated_image_fails_or_is_skipped_and_counted(workspace, capsys):
+    ids = (workspace / "metadata/SYNTH/test/image_ids.txt").read_text().split()
+    broken = workspace / "dataset" / "SYNTH" / ids[0]
+    broken.write_bytes(broken.read_bytes()[:40])
+    assert main.main(tiny_argv(workspace, "fail", "--epochs", "0")) == 2
+    err = capsys.readouterr().err
+    assert "cannot read image" in err and ids[0] in err
+    results = main.run(config.get_configs(tiny_argv(workspace, "skip", "--epochs", "0",
+                                                    "--skip_bad_images")))
+    assert results["num_skipped_images"] == 1
+    assert results["num_images"] == len(ids) - 1
+
+
+def test_eval_only_with_a_checkpoint_of_another_architecture(workspace, capsys):
+    main.run(config.get_configs(tiny_argv(workspace, "r18", "--epochs", "0", "--skip_eval")))
+    code = main.main([*tiny_argv(workspace, "r18", "--eval_only"), "--architecture", "resnet50"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not fit the model" in err
+
+
+def test_unknown_method_is_named(workspace, capsys):
+    code = main.main(tiny_argv(workspace, "m", "--epochs", "0", "--method", "cam,gradcamm"))
+    assert code == 2 and "gradcamm" in capsys.readouterr().err
+
+
+def _torchrun(args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29517", os.path.join(REPO, "main.py"), *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_torchrun_two_processes_train_and_evaluate_like_one(workspace):
+    base = tiny_argv(workspace, "single", "--epochs", "0", "--method", "cam,gradcam")
+    single = main.run(config.get_configs(base))
+    ckpt = workspace / "train_log" / "single" / "last_checkpoint.pth.tar"
+    # Evaluation of the same checkpoint: every image once, counts reduced -> identical.
+    os.makedirs(workspace / "train_log" / "ddp_eval")
+    shutil.copy(ckpt, workspace / "train_log" / "ddp_eval" / "last_checkpoint.pth.tar")
+    done = _torchrun(tiny_argv(workspace, "ddp_eval", "--eval_only", "--method", "cam,gradcam"),
+                     workspace)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = json.loads((workspace / "train_log/ddp_eval/results_test.json").read_text())
+    assert ddp["num_images"] == single["num_images"]
+    assert ddp["classification"] == single["classification"]
+    for a, b in zip(ddp["rows"], single["rows"]):
+        for key in ("MaxBoxAccV2", "MaxBoxAcc", "GT-known Loc", "Top-1 Loc", "PxAP"):
+            assert a[key] == b[key], key
+    # One epoch of training under torchrun (gloo) writes one checkpoint from rank 0.
+    done = _torchrun(tiny_argv(workspace, "ddp_train", "--epochs", "1"), workspace)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trained = load_checkpoint_file(str(workspace / "train_log/ddp_train/last_checkpoint.pth.tar"))
+    assert trained["epoch"] == 1
+    assert all(torch.isfinite(v.float()).all() for v in trained["state_dict"].values())
+    assert os.path.exists(workspace / "train_log/ddp_train/results_test.json")
