@@ -260,14 +260,14 @@ def _barrier(ctx: DistContext) -> None:
 # The CPU demo: small backbone, small images, few epochs (about 3 minutes on
 # 2 cores).  The same code path runs the paper's experiments at 224 px.
 DEMO_COMMON = ["--dataset_name", "SYNTH", "--architecture", "resnet18",
-               "--large_feature_map", "TRUE", "--resize_size", "112", "--crop_size", "96",
-               "--batch_size", "32", "--workers", "2", "--seed", "0",
-               "--method", "cam,gradcam", "--cam_curve_interval", "0.01"]
+               "--large_feature_map", "TRUE", "--resize_size", "72", "--crop_size", "64",
+               "--batch_size", "32", "--workers", "1", "--seed", "0",
+               "--method", "cam,gradcam"]
 DEMO_VANILLA = ["--experiment_name", "demo_vanilla", "--model_structure", "vanilla",
-                "--epochs", "8", "--lr", "0.05", "--lr_classifier_ratio", "1",
-                "--lr_decay_frequency", "6", "--weight_decay", "1e-4"]
+                "--epochs", "6", "--lr", "0.05", "--lr_classifier_ratio", "1",
+                "--lr_decay_frequency", "5", "--weight_decay", "1e-4"]
 DEMO_B2 = ["--experiment_name", "demo_b2", "--model_structure", "b2", "--override_cache",
-           "--epochs", "4", "--lr", "0.01", "--lr_decay_frequency", "3",
+           "--epochs", "3", "--lr", "0.01", "--lr_decay_frequency", "3",
            "--weight_decay", "1e-4", "--cam_branch", "softmax,sigmoid",
            "--save_overlays", "8", "--plots"]  # the pictures README shows
 
