@@ -216,6 +216,19 @@ def configure_log_folder(args: argparse.Namespace) -> str:
     return folder
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now, not the stream it was
+    created with (a replaced or closed stderr must not break logging)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def configure_logging(log_folder: str | None) -> None:
     """Log to stderr and, when there is an experiment folder, to its log.log."""
     root = logging.getLogger()
@@ -223,7 +236,7 @@ def configure_logging(log_folder: str | None) -> None:
         root.removeHandler(handler)
         handler.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    stream = logging.StreamHandler(sys.stderr)
+    stream = _StderrHandler()
     stream.setFormatter(fmt)
     root.addHandler(stream)
     if log_folder:

@@ -44,8 +44,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build(arch: str, classes: int, device: torch.device) -> tuple[CAMModel, CAMModel]:
-    """(frozen dual-branch model, the same weights with every parameter trainable)."""
+def build(arch: str, classes: int, device: torch.device) -> CAMModel:
+    """A dual-branch model with a frozen backbone, in eval mode, as at inference."""
     torch.manual_seed(0)
     base, spec = build_architecture(arch, classes)
     model = CAMModel(base, spec.feature_layer, spec.head, arch).add_sigmoid_branch()

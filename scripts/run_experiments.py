@@ -104,11 +104,10 @@ FINETUNE = {
                            ("inception_v3", "cam"): 1e-4, ("inception_v3", "grad"): 1e-4},
                    note="only the 10 epochs are published; CUB's learning rates, decay every 3"),
     # The CPU demo of main.py (python main.py), at any scale you like.
-    "SYNTH": Recipe(4, 3, {("resnet18", "cam"): 0.01, ("resnet18", "grad"): 0.01},
+    "SYNTH": Recipe(3, 3, {("resnet18", "cam"): 0.01, ("resnet18", "grad"): 0.01},
                     note="main.py's demo recipe",
                     published=(("resnet18", "cam"), ("resnet18", "grad")),
-                    extra=("--resize_size", "112", "--crop_size", "96",
-                           "--cam_curve_interval", "0.01")),
+                    extra=("--resize_size", "72", "--crop_size", "64")),
 }
 
 # Vanilla training where no checkpoint is released.  Stanford Cars: the
@@ -118,9 +117,9 @@ VANILLA = {
     "CARS": Recipe(50, 15, {("vgg16", "cam"): 1.268269e-5, ("resnet50", "cam"): 2.3222617e-4,
                             ("inception_v3", "cam"): 2.24844746e-3},
                    note="wsolevaluation's CUB CAM settings (not published for Cars)"),
-    "SYNTH": Recipe(8, 6, {("resnet18", "cam"): 0.05}, note="main.py's demo recipe",
-                    extra=("--lr_classifier_ratio", "1", "--resize_size", "112",
-                           "--crop_size", "96", "--cam_curve_interval", "0.01")),
+    "SYNTH": Recipe(6, 5, {("resnet18", "cam"): 0.05}, note="main.py's demo recipe",
+                    extra=("--lr_classifier_ratio", "1", "--resize_size", "72",
+                           "--crop_size", "64")),
 }
 
 
