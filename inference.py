@@ -124,7 +124,8 @@ class CAMComputer:
                     correct_softmax += correct.sum()
                     if out.logits_sigmoid is not None:
                         correct_sigmoid += (out.logits_sigmoid.argmax(1) == labels).sum()
-                maps = evaluation_maps(out, size)
+                # wsolevaluation resizes score maps with cv2.INTER_CUBIC; torch bicubic matches it.
+                maps = evaluation_maps(out, size, mode="bicubic")
                 if self.overlays is not None:  # keeps only the first N images
                     self.overlays.add(branch, images, labels, out.logits.argmax(1),
                                       list(image_ids), maps)
