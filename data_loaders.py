@@ -265,6 +265,9 @@ def get_data_loader(data_roots: dict[str, str], metadata_root: str,
     """One DataLoader per split; only the train loader shuffles."""
     loaders = {}
     for split in splits:
+        if not os.path.isdir(data_roots[split]):
+            raise MetadataError(f"image folder not found: {data_roots[split]} "
+                                f"(check --data_root or --root)")
         dataset = WSOLImageLabelDataset(
             data_root=data_roots[split],
             metadata_root=os.path.join(metadata_root, split),

@@ -498,6 +498,14 @@ class BoxEvaluator(LocalizationEvaluator):
             raise MetadataError(
                 f"{self.metadata['image_sizes']}: no size for {len(missing)} "
                 f"image(s), first: {missing[0]!r}")
+        for image_id in self.image_ids:
+            width, height = self.image_sizes[image_id]
+            for x0, y0, x1, y1 in original_bboxes[image_id]:
+                if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+                    raise MetadataError(
+                        f"{self.metadata['localization']}: box {[x0, y0, x1, y1]} of "
+                        f"{image_id!r} lies outside the image ({width}x{height} in "
+                        f"image_sizes.txt)")
         return {image_id: [resize_bbox(box, self.image_sizes[image_id], size)
                            for box in original_bboxes[image_id]]
                 for image_id in self.image_ids}

@@ -62,6 +62,8 @@ def _edit(path, fn):
     ("class_labels.txt", lambda ls: ls[1:], "missing, first"),
     ("localization.txt", lambda ls: [ls[0].split(",")[0] + ",30,5,10,20"] + ls[1:],
      "x1 < x0"),
+    ("localization.txt", lambda ls: [ls[0].split(",")[0] + ",0,0,500,10"] + ls[1:],
+     "lies outside the image"),
 ])
 def test_bad_metadata_names_file_and_line(workspace, capsys, file, edit, message):
     _edit(workspace / "metadata" / "SYNTH" / "test" / file, edit)
@@ -69,6 +71,12 @@ def test_bad_metadata_names_file_and_line(workspace, capsys, file, edit, message
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not (workspace / "train_log" / "bad" / "results_test.json").exists()
+
+
+def test_missing_image_folder_is_named(workspace, capsys):
+    code = main.main([*tiny_argv(workspace, "noroot", "--epochs", "0"), "--root",
+                      str(workspace / "nowhere")])
+    assert code == 2 and "image folder not found" in capsys.readouterr().err
 
 
 def test_truncated_image_fails_or_is_skipped_and_counted(workspace, capsys):
