@@ -131,6 +131,7 @@ def test_end_to_end_vanilla_then_b2_is_in_range_and_deterministic(tiny_synth_roo
 
 def test_user_errors_give_one_clear_message(tiny_synth_root, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "dataset" / "CUB").mkdir(parents=True)  # images exist, metadata does not
     cases = [
         (["--architecture", "alexnet"], "invalid choice: 'alexnet'"),
         (["--experiment_name", "x", "--eval_only", "--model_structure", "b2",
