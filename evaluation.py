@@ -101,12 +101,8 @@ def make_threshold_list(interval: float) -> list[float]:
     return list(np.arange(0, 1, interval))
 
 
-def check_scoremap_validity(scoremap: np.ndarray) -> None:
-    """wsolevaluation's checks: a 2-D float array in [0, 1] without NaN.
-
-    Unlike wsolevaluation (which demands float64), any floating dtype is
-    accepted; values are quantised in float64 either way.
-    """
+def _check_scoremap_type(scoremap) -> None:
+    """A 2-D floating numpy array (the cheap part of wsolevaluation's checks)."""
     if not isinstance(scoremap, np.ndarray):
         raise TypeError(f"Scoremap must be a numpy array; it is {type(scoremap)}.")
     if not np.issubdtype(scoremap.dtype, np.floating):
@@ -114,6 +110,15 @@ def check_scoremap_validity(scoremap: np.ndarray) -> None:
                         f"{scoremap.dtype} type.")
     if scoremap.ndim != 2:
         raise ValueError(f"Scoremap must be a 2D array; it is {scoremap.ndim}D.")
+
+
+def check_scoremap_validity(scoremap: np.ndarray) -> None:
+    """wsolevaluation's checks: a 2-D float array in [0, 1] without NaN.
+
+    Unlike wsolevaluation (which demands float64), any floating dtype is
+    accepted; values are quantised in float64 either way.
+    """
+    _check_scoremap_type(scoremap)
     if np.isnan(scoremap).any():
         raise ValueError("Scoremap must not contain nans.")
     if (scoremap > 1).any() or (scoremap < 0).any():
@@ -543,13 +548,7 @@ class BoxEvaluator(LocalizationEvaluator):
         Raises ValueError for a NaN map or values outside [0, 1], as
         wsolevaluation does.  Scoring is deferred to batches of maps.
         """
-        if not isinstance(scoremap, np.ndarray):
-            raise TypeError(f"Scoremap must be a numpy array; it is {type(scoremap)}.")
-        if not np.issubdtype(scoremap.dtype, np.floating):
-            raise TypeError(f"Scoremap must be of a float type; it is of "
-                            f"{scoremap.dtype} type.")
-        if scoremap.ndim != 2:
-            raise ValueError(f"Scoremap must be a 2D array; it is {scoremap.ndim}D.")
+        _check_scoremap_type(scoremap)
         if scoremap.shape != (self.resize_length, self.resize_length):
             raise ValueError(f"Scoremap must be {self.resize_length}x"
                              f"{self.resize_length}; it is {scoremap.shape}.")
