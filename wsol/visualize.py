@@ -541,15 +541,7 @@ def plot_box_curves(rows: Sequence[Mapping], path: str, title: str = "",
     ax.set_xlabel("CAM threshold")
     ax.set_ylabel("box accuracy (%)  [all contours]")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish_plot(plt, fig, ax, path, title, legend_size=7)
 
 
 def plot_pr_curves(rows: Sequence[Mapping], path: str, title: str = "") -> str | None:
@@ -571,10 +563,15 @@ def plot_pr_curves(rows: Sequence[Mapping], path: str, title: str = "") -> str |
     ax.set_xlabel("recall (%)")
     ax.set_ylabel("precision (%)")
     ax.set_xlim(0, 100)
+    return _finish_plot(plt, fig, ax, path, title, legend_size=8)
+
+
+def _finish_plot(plt, fig, ax, path: str, title: str, legend_size: int) -> str:
+    """The common tail of both plots: percent y axis, grid, title, legend, save."""
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=legend_size, loc="upper right")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
