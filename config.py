@@ -117,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight_decay", type=float, default=1e-4)
 
+    g = p.add_argument_group("speed (same results up to float rounding; see docs/PERFORMANCE.md)")
+    g.add_argument("--amp", action="store_true",
+                   help="bfloat16 autocast for training and CAM passes (CPU, or GPUs with "
+                        "bf16); CAM maps are still formed in float32")
+    g.add_argument("--channels_last", action="store_true",
+                   help="channels-last (NHWC) memory format for images and weights")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the backbone blocks (slow first batches while compiling)")
+    g.add_argument("--prefetch_factor", type=int, default=4,
+                   help="batches each data-loading worker prepares ahead")
+
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval_only", action="store_true",
                    help="evaluate the experiment's checkpoint (or --ft_ckpt for vanilla)")
@@ -188,6 +199,8 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         raise ConfigError("--epochs must be >= 0, --batch_size and --lr_decay_frequency >= 1")
     if not 0 < args.cam_curve_interval < 1:
         raise ConfigError("--cam_curve_interval must be in (0, 1)")
+    if args.prefetch_factor < 1:
+        raise ConfigError("--prefetch_factor must be >= 1")
     if args.save_overlays < 0:
         raise ConfigError("--save_overlays must be >= 0 (images per method and branch)")
     return args

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 __all__ = [
     "MetadataError",
@@ -33,6 +33,7 @@ __all__ = [
     "get_image_sizes",
     "get_mask_paths",
     "WSOLImageLabelDataset",
+    "AugmentationSeeds",
     "get_data_loader",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -199,7 +200,10 @@ class WSOLImageLabelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """``key``: an index, or ``(index, seed)`` from :class:`AugmentationSeeds`
+        (the random transforms then draw from ``seed`` alone)."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image_id = self.image_ids[index]
         path = os.path.join(self.data_root, image_id)
         try:
@@ -210,7 +214,40 @@ class WSOLImageLabelDataset(Dataset):
                 return None  # dropped by skip_none_collate, counted by the caller
             raise ImageLoadError(f"cannot read image {path}: {error} "
                                  f"(fix or remove it, or pass --skip_bad_images)") from None
-        return self.transform(image), self.image_labels[image_id], image_id
+        if seed is None:
+            return self.transform(image), self.image_labels[image_id], image_id
+        with torch.random.fork_rng(devices=[]):  # leaves the process's own stream alone
+            torch.manual_seed(seed)
+            return self.transform(image), self.image_labels[image_id], image_id
+
+
+class AugmentationSeeds(Sampler):
+    """Wraps a sampler so that each sample carries its own augmentation seed.
+
+    Yields ``(index, seed)`` with ``seed = base + index`` and ``base`` drawn
+    from ``generator`` once per epoch.  The crops and flips of a sample then
+    depend only on the generator's state and the sample, not on which worker
+    process loads it nor on how long that worker has lived: the loader can
+    keep its workers across epochs (``persistent_workers``), use any number
+    of them, and a run resumed from a checkpoint (which stores the
+    generator) replays the same augmentations.
+    """
+
+    def __init__(self, sampler: Sampler, generator: torch.Generator):
+        self.sampler = sampler
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:  # DistributedSampler's reshuffle
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        base = int(torch.randint(0, 2 ** 62, (), generator=self.generator))
+        for index in self.sampler:
+            yield index, base + index
 
 
 def skip_none_collate(batch: list):
@@ -235,6 +272,7 @@ class LoaderSettings:
     proxy_training_set: bool = False
     num_val_sample_per_class: int = 0
     skip_bad_images: bool = False
+    prefetch_factor: int = 4   # batches per worker prepared ahead
 
 
 def get_transforms(split: str, resize_size: int, crop_size: int):
@@ -278,16 +316,24 @@ def get_data_loader(data_roots: dict[str, str], metadata_root: str,
             num_classes=num_classes,
             skip_bad_images=settings.skip_bad_images)
         sampler = sampler_factory(dataset, split) if sampler_factory else None
+        train = split == "train"
+        if train:
+            generator = generator if generator is not None else torch.Generator().manual_seed(0)
+            sampler = AugmentationSeeds(
+                sampler if sampler is not None else RandomSampler(dataset, generator=generator),
+                generator)
+        workers = settings.workers
         loaders[split] = DataLoader(
             dataset,
             batch_size=settings.batch_size,
-            shuffle=(split == "train" and sampler is None),
             sampler=sampler,
-            num_workers=settings.workers,
+            num_workers=workers,
             collate_fn=skip_none_collate,
             pin_memory=torch.cuda.is_available(),
-            # Fresh workers each epoch draw their seeds from ``generator``, so a
-            # resumed run replays the same augmentations.
-            persistent_workers=False,
-            generator=generator if split == "train" else None)
+            # Workers live across epochs: the augmentation seeds travel with
+            # the indices, so nothing depends on a worker's own random state.
+            persistent_workers=train and workers > 0,
+            prefetch_factor=settings.prefetch_factor if workers > 0 else None,
+            # Only seeds the workers' own streams, which no transform uses.
+            generator=torch.Generator().manual_seed(0) if train else None)
     return loaders

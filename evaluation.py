@@ -45,6 +45,7 @@ import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import cv2
@@ -347,14 +348,41 @@ def _to_list_of_bool(corrects, count: int) -> list[bool | None]:
     return [None if c is None else bool(c) for c in corrects]
 
 
-def _scoremaps_to_numpy_batch(scoremaps, normalized: bool, resize_length: int
-                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Quantise a batch (tensor on any device, or array) to uint8 on the host.
+def _to_host_async(tensor: torch.Tensor) -> torch.Tensor:
+    """A host copy; from a CUDA tensor into pinned memory without waiting
+    (read it only after the batch's ``ready`` event)."""
+    if tensor.device.type != "cuda":
+        return tensor.cpu()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)
 
-    Returns (q (B, H, W) uint8, nan flags, constant flags).  With
-    ``normalized=False`` the maps are min-max normalised first.  A map with
-    NaN is counted and scored as all zeros; a normalised map outside [0, 1]
-    raises ValueError.
+
+@dataclass
+class _HostBatch:
+    """A batch of quantised maps on its way to the host."""
+    q: torch.Tensor            # (B, H, W) uint8
+    flags: torch.Tensor        # (3, B) bool: NaN map, constant map, values outside [0, 1]
+    corrects: object           # host tensor, list or None (see _to_list_of_bool)
+    image_ids: list[str]
+    ready: object = None       # torch.cuda.Event recorded after the copies; None: on the host
+
+    def landed(self) -> bool:
+        return self.ready is None or self.ready.query()
+
+    def wait(self) -> None:
+        if self.ready is not None:
+            self.ready.synchronize()
+
+
+def _quantise_batch(scoremaps, normalized: bool, resize_length: int, corrects,
+                    image_ids: list[str]) -> _HostBatch:
+    """Quantise a batch (tensor on any device, or array) to uint8 where it is,
+    and start copying the result to the host.
+
+    With ``normalized=False`` the maps are min-max normalised first.  A map
+    with NaN is flagged and scored as all zeros; values outside [0, 1] of a
+    normalised map are flagged (the caller raises).  Nothing here waits for
+    the GPU.
     """
     if isinstance(scoremaps, np.ndarray):
         scoremaps = torch.from_numpy(scoremaps)
@@ -375,16 +403,24 @@ def _scoremaps_to_numpy_batch(scoremaps, normalized: bool, resize_length: int
         values = torch.where(nan[:, None], torch.zeros_like(flat), flat).double()
         low = values.amin(1)
         high = values.amax(1)
-        if bool(((low < 0) | (high > 1)).any()):
-            raise ValueError("normalised score maps must lie in [0, 1]; pass "
-                             "normalized=False to normalise them here")
+        outside = (low < 0) | (high > 1)
         constant = (low == high) & ~nan
+        values = values.clamp(0, 1)  # flagged maps raise; this only keeps the cast defined
     else:
         clean = torch.where(nan[:, None], torch.zeros_like(flat), flat)
         constant = (clean.amin(1) == clean.amax(1)) & ~nan
+        outside = torch.zeros_like(nan)
         values = normalize_scoremaps(maps).flatten(1).double()
     q = (values * 255).to(torch.uint8).view(maps.shape)
-    return (q.cpu().numpy(), nan.cpu().numpy(), constant.cpu().numpy())
+    if isinstance(corrects, torch.Tensor):
+        corrects = _to_host_async(corrects.detach().to(device=maps.device, dtype=torch.bool))
+    batch = _HostBatch(q=_to_host_async(q), flags=_to_host_async(torch.stack([nan, constant,
+                                                                                outside])),
+                       corrects=corrects, image_ids=image_ids)
+    if maps.device.type == "cuda":
+        batch.ready = torch.cuda.Event()
+        batch.ready.record(torch.cuda.current_stream(maps.device))
+    return batch
 
 
 class LocalizationEvaluator:
@@ -486,6 +522,7 @@ class BoxEvaluator(LocalizationEvaluator):
         self._pending_ids: list[str] = []
         self._pending_correct: list[bool | None] = []
         self._inflight: list[dict] = []
+        self._arriving: list[_HostBatch] = []  # accumulate_batch copies not yet scored
         # Tests set 0 to exercise the kernels' filled-sweep path.
         self._hole_record_capacity: int | None = None
 
@@ -578,22 +615,42 @@ class BoxEvaluator(LocalizationEvaluator):
         (no exception, unlike ``accumulate``), and constant maps are counted
         in ``num_constant_maps``.  ``corrects``: top-1 correctness per map
         (bool tensor, list, or None).
+
+        CUDA maps are quantised on the GPU and only the uint8 maps travel to
+        the host, asynchronously; a batch is scored once its copy has landed
+        (at the latest when the next batch or ``compute`` comes), so its
+        range check (ValueError) may surface one call later.
         """
         image_ids = list(image_ids)
         if len(image_ids) != len(scoremaps):
             raise ValueError(f"got {len(image_ids)} image ids for {len(scoremaps)} maps")
         for image_id in image_ids:
             self._check_image_id(image_id)
-        flags = _to_list_of_bool(corrects, len(image_ids))
-        q, nan, constant = _scoremaps_to_numpy_batch(scoremaps, normalized,
-                                                     self.resize_length)
+        if corrects is not None and len(corrects) != len(image_ids):
+            raise ValueError(f"got {len(corrects)} correctness flags for {len(image_ids)} maps")
+        batch = _quantise_batch(scoremaps, normalized, self.resize_length, corrects, image_ids)
+        self._arriving.append(batch)
+        # GPU batches are scored once their copy has landed: at the latest when
+        # the next batch arrives, so the GPU always has queued work meanwhile.
+        while self._arriving and (len(self._arriving) > 1 or self._arriving[0].landed()):
+            self._score_arrived(self._arriving.pop(0))
+
+    def _score_arrived(self, batch: _HostBatch) -> None:
+        batch.wait()
+        nan, constant, outside = batch.flags.numpy()
+        if outside.any():
+            raise ValueError("normalised score maps must lie in [0, 1]; pass "
+                             "normalized=False to normalise them here")
         self._counts["num_nan_maps"] += int(nan.sum())
         self._counts["num_constant_maps"] += int(constant.sum())
-        self._score(q, image_ids, flags)
+        self._score(batch.q.numpy(), batch.image_ids,
+                    _to_list_of_bool(batch.corrects, len(batch.image_ids)))
 
     def _flush(self, wait: bool = True) -> None:
         """Score the buffered maps; with ``wait``, also collect every batch
         still being scored, so that the counts are complete."""
+        while self._arriving:
+            self._score_arrived(self._arriving.pop(0))
         if self._pending_maps:
             q = np.stack(self._pending_maps)
             ids, flags = self._pending_ids, self._pending_correct
@@ -941,24 +998,38 @@ class MaskEvaluator(LocalizationEvaluator):
         # A map containing NaN counts as all zeros, as normalize_scoremap makes it.
         nan = torch.isnan(maps).flatten(1).any(1)
         maps = torch.where(nan[:, None, None], torch.zeros_like(maps), maps).double()
-        if bool(((maps < 0) | (maps > 1)).any()):
-            raise ValueError("normalised score maps must lie in [0, 1]")
         device = maps.device
-        labels = torch.from_numpy(np.stack([self._mask(i) for i in image_ids])).to(device)
+        outside = ((maps < 0) | (maps > 1)).any()
+        if device.type != "cuda" and bool(outside):
+            raise ValueError("normalised score maps must lie in [0, 1]")
+        labels = torch.from_numpy(np.stack([self._mask(i) for i in image_ids]))
+        if device.type == "cuda":
+            labels = labels.pin_memory()
+        labels = labels.to(device, non_blocking=True)
         if device not in self._edges_on:
             self._edges_on[device] = torch.from_numpy(self.threshold_list_right_edge).to(device)
             self._device_hists[device] = (
                 torch.zeros(self.num_bins, dtype=torch.int64, device=device),
-                torch.zeros(self.num_bins, dtype=torch.int64, device=device))
+                torch.zeros(self.num_bins, dtype=torch.int64, device=device),
+                torch.zeros((), dtype=torch.int64, device=device))
         index = torch.bucketize(maps, self._edges_on[device], right=True) - 1
         index = index.clamp_(max=self.num_bins - 1)
-        true_hist, false_hist = self._device_hists[device]
-        true_hist += torch.bincount(index[labels == 1], minlength=self.num_bins)
-        false_hist += torch.bincount(index[labels == 0], minlength=self.num_bins)
+        true_hist, false_hist, num_outside = self._device_hists[device]
+        # One scatter-add over (pixel class, bin): unlike boolean indexing or
+        # bincount, it never asks the GPU for a size, so nothing waits for it.
+        pixel_class = torch.where(labels == 1, 1, torch.where(labels == 0, 0, 2))
+        key = (index + self.num_bins * pixel_class).flatten()
+        counts = torch.zeros(3 * self.num_bins, dtype=torch.int64, device=device)
+        counts.scatter_add_(0, key, torch.ones_like(key))
+        false_hist += counts[:self.num_bins]
+        true_hist += counts[self.num_bins:2 * self.num_bins]
+        num_outside += outside  # checked in _gather: a GPU batch is not waited for
         self._num_images += len(image_ids)
 
     def _gather(self) -> None:
-        for true_hist, false_hist in self._device_hists.values():
+        for true_hist, false_hist, num_outside in self._device_hists.values():
+            if int(num_outside):
+                raise ValueError("normalised score maps must lie in [0, 1]")
             self.gt_true_score_hist += true_hist.cpu().numpy()
             self.gt_false_score_hist += false_hist.cpu().numpy()
             true_hist.zero_()

@@ -1,9 +1,14 @@
 """Compute class activation maps over a loader and feed the evaluators.
 
 One pass over the data serves every requested method and branch: for each
-batch and branch, :func:`wsol.cams.compute_cams` runs one forward (and one
-backward for the gradient methods), the maps are post-processed on the
-device, and the box/mask evaluators accumulate them in batches.
+batch, :func:`wsol.cams.compute_cams_per_branch` runs one forward shared by
+both branches (and one backward through the head per branch for the
+gradient methods), the maps are resized and normalised on the device, and
+the box/mask evaluators accumulate them in batches.  Nothing in the loop
+waits for the GPU: classification counts stay on the device, PxAP
+histograms are filled on it, and the box evaluator receives the quantised
+maps through an asynchronous copy and scores them on CPU threads while the
+GPU works on the next batches.
 """
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ from tqdm import tqdm
 
 from data_loaders import configure_metadata
 from evaluation import BoxEvaluator, MaskEvaluator, make_threshold_list
-from wsol.cams import compute_cams, evaluation_maps
+from wsol.acceleration import Acceleration, autocast, to_device
+from wsol.cams import compute_cams_per_branch, evaluation_maps
 from wsol.distributed import DistContext, all_reduce_sum
 from wsol.dual_branch import CAMModel
 
@@ -47,6 +53,7 @@ class EvalSettings:
     show_progress: bool = True
     overlay_count: int = 0            # --save_overlays: images per (method, branch)
     overlay_root: str | None = None   # where they go (<log_folder>/overlays/<split>)
+    accel: Acceleration = field(default_factory=Acceleration)  # --amp, --channels_last
 
 
 class CAMComputer:
@@ -113,28 +120,31 @@ class CAMComputer:
         for images, labels, image_ids in bar:
             if labels.numel() == 0:  # every image of the batch was unreadable and skipped
                 continue
-            images = images.to(self.device, non_blocking=True)
+            images = to_device(images, self.device, self.settings.accel)
             labels = labels.to(self.device, non_blocking=True)
-            for branch in self.settings.branches:
-                out = compute_cams(self.model, images, targets=labels,
-                                   methods=self.settings.methods, branch=branch,
-                                   clamp=self.settings.clamp, **self.settings.cam_kwargs)
-                correct = out.logits.argmax(1) == labels  # the softmax head classifies
-                if branch == self.settings.branches[0]:
-                    correct_softmax += correct.sum()
-                    if out.logits_sigmoid is not None:
-                        correct_sigmoid += (out.logits_sigmoid.argmax(1) == labels).sum()
+            image_ids = list(image_ids)
+            with autocast(self.device, self.settings.accel):
+                outputs = compute_cams_per_branch(
+                    self.model, images, labels, self.settings.methods,
+                    self.settings.branches, clamp=self.settings.clamp,
+                    **self.settings.cam_kwargs)
+            first = outputs[self.settings.branches[0]]
+            correct = first.logits.argmax(1) == labels  # the softmax head classifies
+            correct_softmax += correct.sum()
+            if first.logits_sigmoid is not None:
+                correct_sigmoid += (first.logits_sigmoid.argmax(1) == labels).sum()
+            for branch, out in outputs.items():
                 # wsolevaluation resizes score maps with cv2.INTER_CUBIC; torch bicubic matches it.
                 maps = evaluation_maps(out, size, mode="bicubic")
                 if self.overlays is not None:  # keeps only the first N images
                     self.overlays.add(branch, images, labels, out.logits.argmax(1),
-                                      list(image_ids), maps)
+                                      image_ids, maps)
                 for method in self.settings.methods:
                     pair = (method, branch)
                     if pair in self.box:
-                        self.box[pair].accumulate_batch(maps[method], list(image_ids), correct)
+                        self.box[pair].accumulate_batch(maps[method], image_ids, correct)
                     if pair in self.mask:
-                        self.mask[pair].accumulate_batch(maps[method], list(image_ids))
+                        self.mask[pair].accumulate_batch(maps[method], image_ids)
                     if pair in self.fidelity:
                         self._accumulate_fidelity(pair, images, maps[method], labels)
                     if self.settings.scoremap_root:
@@ -171,11 +181,11 @@ class CAMComputer:
 
     def _accumulate_fidelity(self, pair, images, maps, labels) -> None:
         # Scored with the softmax head, on the image multiplied by the map.
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.device, self.settings.accel):
             small = torch.nn.functional.interpolate(maps[:, None], size=images.shape[-2:],
                                                     mode="bilinear", align_corners=False)
-            full = self.model(images)["logits"].softmax(1)
-            masked = self.model(images * small)["logits"].softmax(1)
+            full = self.model(images)["logits"].float().softmax(1)
+            masked = self.model(images * small)["logits"].float().softmax(1)
         index = labels[:, None]
         self.fidelity[pair].accumulate(full.gather(1, index)[:, 0], masked.gather(1, index)[:, 0])
 

@@ -18,6 +18,7 @@ import config
 from config import ConfigError
 from data_loaders import ImageLoadError, LoaderSettings, MetadataError, get_data_loader
 from wsol.architectures import build_architecture
+from wsol.acceleration import Acceleration, check_amp, prepare_model
 from wsol.checkpoint import (CheckpointError, export_state_dict, load_into_cam_model,
                              load_torchvision_pretrained, save_checkpoint)
 from wsol.distributed import DistContext, ShardSampler, init_distributed
@@ -63,8 +64,20 @@ def checkpoint_payload(model: CAMModel, args, epoch: int, optimizer, scheduler,
             "rng": rng_state(generator)}
 
 
+def acceleration(args, device: torch.device) -> Acceleration:
+    return check_amp(device, Acceleration(amp=args.amp, channels_last=args.channels_last,
+                                          compile=args.compile))
+
+
+def loader_settings(args, train: bool) -> LoaderSettings:
+    return LoaderSettings(args.batch_size, args.workers, args.resize_size, args.crop_size,
+                          args.proxy_training_set and train, args.num_val_sample_per_class,
+                          args.skip_bad_images, args.prefetch_factor)
+
+
 def train(args, model: CAMModel, device: torch.device, tracker: Tracker,
-          generator: torch.Generator, ctx: DistContext = DistContext()) -> None:
+          generator: torch.Generator, ctx: DistContext = DistContext(),
+          accel: Acceleration = Acceleration()) -> None:
     sampler_factory = None
     forward = model
     if ctx.enabled:
@@ -75,10 +88,7 @@ def train(args, model: CAMModel, device: torch.device, tracker: Tracker,
         forward = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     loaders = get_data_loader(
-        {"train": args.image_root}, args.split_metadata_root,
-        LoaderSettings(args.batch_size, args.workers, args.resize_size, args.crop_size,
-                       args.proxy_training_set, args.num_val_sample_per_class,
-                       args.skip_bad_images),
+        {"train": args.image_root}, args.split_metadata_root, loader_settings(args, True),
         splits=("train",), num_classes=args.num_classes, generator=generator,
         sampler_factory=sampler_factory)
     cfg = OptimConfig(args.lr, args.momentum, args.weight_decay, args.lr_classifier_ratio,
@@ -95,7 +105,7 @@ def train(args, model: CAMModel, device: torch.device, tracker: Tracker,
             loaders["train"].sampler.set_epoch(epoch)
         stats = train_one_epoch(model, loaders["train"], optimizer, device, epoch,
                                 show_progress=sys.stderr.isatty() and ctx.is_main,
-                                forward=forward)
+                                forward=forward, accel=accel)
         scheduler.step()
         if not ctx.is_main:
             continue
@@ -143,15 +153,13 @@ def load_for_evaluation(args, model: CAMModel) -> str:
 
 
 def evaluate(args, model: CAMModel, device: torch.device,
-             ctx: DistContext = DistContext()) -> dict:
+             ctx: DistContext = DistContext(), accel: Acceleration = Acceleration()) -> dict:
     from inference import CAMComputer, EvalSettings
     from wsol.cams import parse_methods
 
     methods = parse_methods(args.method)
     loader = get_data_loader(
-        {args.split: args.image_root}, args.split_metadata_root,
-        LoaderSettings(args.batch_size, args.workers, args.resize_size, args.crop_size,
-                       False, args.num_val_sample_per_class, args.skip_bad_images),
+        {args.split: args.image_root}, args.split_metadata_root, loader_settings(args, False),
         splits=(args.split,), num_classes=args.num_classes,
         sampler_factory=lambda dataset, split: ShardSampler(len(dataset), ctx.rank,
                                                             ctx.world_size))[args.split]
@@ -165,6 +173,7 @@ def evaluate(args, model: CAMModel, device: torch.device,
         multi_contour_eval=args.multi_contour_eval, loc_threshold=args.loc_threshold,
         first_box_only=args.first_box_only, scoremap_root=scoremap_root,
         fidelity=args.fidelity, show_progress=sys.stderr.isatty() and ctx.is_main,
+        accel=accel,
         overlay_count=getattr(args, "save_overlays", 0),
         overlay_root=os.path.join(args.log_folder, "overlays", args.split),
         cam_kwargs={"scorecam_batch_size": args.scorecam_batch_size,
@@ -224,7 +233,8 @@ def run(args) -> dict | None:
             from wsol.synth import ensure_synth  # generated the first time it is needed
             ensure_synth(args.data_root, args.metadata_root, args.mask_root)
         _barrier(ctx)
-    model = build_model(args).to(device)
+    accel = acceleration(args, device)
+    model = prepare_model(build_model(args), device, accel)
     tracker = Tracker(args.wandb if ctx.is_main else "off", args.project,
                       args.wandb_name or args.experiment_name,
                       {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool))},
@@ -233,11 +243,11 @@ def run(args) -> dict | None:
         if args.eval_only:
             log.info("evaluating %s", load_for_evaluation(args, model))
         else:
-            train(args, model, device, tracker, generator, ctx)
+            train(args, model, device, tracker, generator, ctx, accel)
         if getattr(args, "skip_eval", False):
             return None
         start = time.perf_counter()
-        results = evaluate(args, model, device, ctx)
+        results = evaluate(args, model, device, ctx, accel)
         results["eval_seconds"] = time.perf_counter() - start
         if ctx.is_main:
             write_json(results, os.path.join(args.log_folder, f"results_{args.split}.json"))

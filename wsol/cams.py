@@ -80,8 +80,8 @@ import torch.nn.functional as F
 from wsol.dual_branch import BRANCHES, CAMModel
 
 __all__ = ["CAM_METHODS", "CAMMethod", "CAMInputs", "CAMOutput", "ActivationCapture",
-           "parse_methods", "compute_cams", "evaluation_maps", "normalize_maps",
-           "gradcampp_weights"]
+           "parse_methods", "compute_cams", "compute_cams_per_branch", "evaluation_maps",
+           "normalize_maps", "gradcampp_weights"]
 
 Tensor = torch.Tensor
 
@@ -126,17 +126,25 @@ class ActivationCapture:
         if self.activation is not None:
             raise RuntimeError("the CAM layer ran twice in one forward; hook a layer "
                                "that runs once")
+        # float32 even under bf16 autocast: the maps and dy/dA are formed in
+        # float32 (the head itself still runs under the caller's autocast).
+        activation = _full_precision(output.detach())
         if self.requires_grad:
             # The head after this point must build a graph; the backbone before
             # it did not (grad mode was off), which is what makes it cheap.
             torch.set_grad_enabled(True)
-            self.activation = output.detach().requires_grad_(True)
+            self.activation = activation.requires_grad_(True)
         else:
-            self.activation = output.detach()
+            self.activation = activation
         # The model continues on a copy: an in-place op after the CAM layer
         # (e.g. ReLU(inplace=True)) must not change the recorded A, and would
         # be illegal on a leaf that requires grad.
         return self.activation.clone()
+
+
+def _full_precision(tensor: Tensor) -> Tensor:
+    """float16/bfloat16 (autocast outputs) -> float32; other dtypes unchanged."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def _branch_logits(outputs: dict[str, Tensor | None], branch: str) -> Tensor:
@@ -144,8 +152,9 @@ def _branch_logits(outputs: dict[str, Tensor | None], branch: str) -> Tensor:
 
 
 def _target_gradients(model: CAMModel, images: Tensor, targets: Tensor | None,
-                      branch: str) -> tuple[dict, Tensor, Tensor, Tensor]:
-    """One forward and one backward: (outputs, targets, A, dy/dA).
+                      branches: Sequence[str]) -> tuple[dict, Tensor, Tensor, dict]:
+    """One forward, then one backward per branch through the head only:
+    (outputs, targets, A, {branch: dy/dA}).
 
     The batch is differentiated as the sum of each image's target logit; in
     eval mode the images do not interact, so each image gets its own gradient.
@@ -156,12 +165,16 @@ def _target_gradients(model: CAMModel, images: Tensor, targets: Tensor | None,
         if targets is None:
             targets = outputs["logits"].argmax(1)
         # Still inside: grad mode is on from the CAM layer to here.
-        score = _branch_logits(outputs, branch).gather(1, targets[:, None]).sum()
-    if not score.requires_grad:
+        scores = [_full_precision(_branch_logits(outputs, b).gather(1, targets[:, None])).sum()
+                  for b in branches]
+    if not all(score.requires_grad for score in scores):
         raise RuntimeError("the target logit does not depend on the CAM layer output "
                            f"({model.feature_layer_name!r}); check the CAM layer and "
                            "that the model does not disable autograd in its forward")
-    (gradients,) = torch.autograd.grad(score, activation)
+    gradients = {}
+    for i, (branch, score) in enumerate(zip(branches, scores)):
+        (gradients[branch],) = torch.autograd.grad(score, activation,
+                                                   retain_graph=i < len(scores) - 1)
     return outputs, targets, activation.detach(), gradients
 
 
@@ -238,8 +251,9 @@ def _noisy_gradient_moments(inputs: CAMInputs) -> tuple[Tensor, Tensor, Tensor]:
         # same noise whatever device the model is on.
         noise = torch.randn(images.shape, generator=generator, device=generator.device,
                             dtype=images.dtype).to(images.device)
-        _, _, _, grad = _target_gradients(inputs.model, images + std * noise,
-                                          inputs.targets, inputs.branch)
+        _, _, _, grads = _target_gradients(inputs.model, images + std * noise,
+                                           inputs.targets, [inputs.branch])
+        grad = grads[inputs.branch]
         moments[0] += grad
         moments[1] += grad.pow(2)
         moments[2] += grad.pow(3)
@@ -490,31 +504,52 @@ def compute_cams(model: CAMModel, images: Tensor, targets: Tensor | None = None,
     them; plus ``smooth_samples`` such forward/backward pairs for
     smoothgradcam++ and ``ceil(B * k / scorecam_batch_size)`` forwards for
     scorecam.  The returned logits come from the first forward.
+
+    Under an outer ``torch.autocast`` the model's passes run in reduced
+    precision; the activations are captured and the maps formed in float32.
     """
-    names = parse_methods(methods)
-    chosen = [CAM_METHODS[n] for n in names]
     if branch is None:
         branch = "sigmoid" if model.is_dual else "softmax"
-    if branch not in BRANCHES:
-        raise ValueError(f"unknown branch {branch!r}; choose one of {BRANCHES}")
-    if branch == "sigmoid" and not model.is_dual:
-        raise ValueError("this model has no sigmoid branch; use branch='softmax'")
+    return compute_cams_per_branch(
+        model, images, targets, methods, [branch], clamp, scorecam_batch_size,
+        scorecam_topk, smooth_samples, smooth_sigma, generator)[branch]
+
+
+def compute_cams_per_branch(model: CAMModel, images: Tensor, targets: Tensor | None,
+                            methods: str | Sequence[str], branches: Sequence[str],
+                            clamp: bool = True, scorecam_batch_size: int = 32,
+                            scorecam_topk: int | None = None, smooth_samples: int = 8,
+                            smooth_sigma: float = 0.15,
+                            generator: torch.Generator | None = None) -> dict[str, CAMOutput]:
+    """:func:`compute_cams` for several branches from one shared forward:
+    ``{branch: CAMOutput}``.  The branches share the forward and the CAM
+    activations; each adds one backward through the head (and its own
+    Smooth Grad-CAM++ / Score-CAM passes).  Same maps as one
+    :func:`compute_cams` call per branch, at the cost of one forward."""
+    chosen = [CAM_METHODS[n] for n in parse_methods(methods)]
+    branches = list(dict.fromkeys(branches))
+    if not branches:
+        raise ValueError(f"no branch given; choose from {BRANCHES}")
+    for branch in branches:
+        if branch not in BRANCHES:
+            raise ValueError(f"unknown branch {branch!r}; choose one of {BRANCHES}")
+        if branch == "sigmoid" and not model.is_dual:
+            raise ValueError("this model has no sigmoid branch; use branch='softmax'")
     if images.dim() != 4:
         raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
+    settings = dict(clamp=clamp, scorecam_batch_size=scorecam_batch_size,
+                    scorecam_topk=scorecam_topk, smooth_samples=smooth_samples,
+                    smooth_sigma=smooth_sigma, generator=generator)
     if torch.is_inference_mode_enabled():
         # Inference tensors cannot take part in autograd: step out of it.
         with torch.inference_mode(False):
             images = images.clone()
             targets = None if targets is None else targets.clone()
-            return _compute(model, images, targets, chosen, branch, clamp,
-                            scorecam_batch_size, scorecam_topk, smooth_samples,
-                            smooth_sigma, generator)
-    return _compute(model, images, targets, chosen, branch, clamp, scorecam_batch_size,
-                    scorecam_topk, smooth_samples, smooth_sigma, generator)
+            return _compute(model, images, targets, chosen, branches, settings)
+    return _compute(model, images, targets, chosen, branches, settings)
 
 
-def _compute(model, images, targets, chosen, branch, clamp, scorecam_batch_size,
-             scorecam_topk, smooth_samples, smooth_sigma, generator) -> CAMOutput:
+def _compute(model, images, targets, chosen, branches, settings) -> dict[str, CAMOutput]:
     images = images.detach()
     if targets is not None:
         targets = torch.as_tensor(targets, device=images.device).long().view(-1)
@@ -524,24 +559,34 @@ def _compute(model, images, targets, chosen, branch, clamp, scorecam_batch_size,
             raise ValueError(f"targets must lie in [0, {model.num_classes})")
     if any(m.needs_gradients for m in chosen):
         outputs, targets, activations, gradients = _target_gradients(
-            model, images, targets, branch)
+            model, images, targets, branches)
     else:
         with ActivationCapture(model.feature_module, requires_grad=False) as capture:
             outputs = model(images)
-        activations, gradients = _captured(capture), None
+        activations, gradients = _captured(capture), {}
         if targets is None:
             targets = outputs["logits"].argmax(1)
-    inputs = CAMInputs(model=model, images=images, targets=targets, branch=branch,
-                       clamp=clamp and branch == "sigmoid", activations=activations,
-                       gradients=gradients, scorecam_batch_size=scorecam_batch_size,
-                       scorecam_topk=scorecam_topk, smooth_samples=smooth_samples,
-                       smooth_sigma=smooth_sigma, generator=generator)
-    with torch.no_grad():
-        maps = {m.name: m.raw_map(inputs).detach().float() for m in chosen}
+    clamp = settings.pop("clamp")
+    logits = _full_precision(outputs["logits"].detach())
     sigmoid_logits = outputs["logits_sigmoid"]
-    return CAMOutput(maps=maps, logits=outputs["logits"].detach(),
-                     logits_sigmoid=None if sigmoid_logits is None else sigmoid_logits.detach(),
-                     targets=targets, branch=branch)
+    if sigmoid_logits is not None:
+        sigmoid_logits = _full_precision(sigmoid_logits.detach())
+    results = {}
+    for branch in branches:
+        inputs = CAMInputs(model=model, images=images, targets=targets, branch=branch,
+                           clamp=clamp and branch == "sigmoid", activations=activations,
+                           gradients=gradients.get(branch), **settings)
+        # The extra passes run under the caller's autocast, like the forward ...
+        if any(isinstance(m, SmoothGradCAMPlusPlus) for m in chosen):
+            inputs.noisy_gradient_moments()
+        if any(isinstance(m, ScoreCAM) for m in chosen):
+            inputs.masked_scores()
+        # ... the maps are formed in float32 whatever it is.
+        with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+            maps = {m.name: m.raw_map(inputs).detach().float() for m in chosen}
+        results[branch] = CAMOutput(maps=maps, logits=logits, logits_sigmoid=sigmoid_logits,
+                                    targets=targets, branch=branch)
+    return results
 
 
 def normalize_maps(maps: Tensor) -> Tensor:

@@ -52,6 +52,8 @@ class CAMModel(nn.Module):
         self.fc2: nn.Module | None = None
         self._hook = None
         self.backbone_frozen = False
+        self._only_branch_trains = False  # every trainable parameter is in fc2
+        self._grad_from_head = False      # set during a branch-only training forward
 
     # -- structure -------------------------------------------------------
     @property
@@ -101,6 +103,10 @@ class CAMModel(nn.Module):
         return self
 
     def _append_sigmoid_branch(self, module, inputs, output):
+        if self._grad_from_head:
+            # The backbone ran without autograd; record from here on (fc2 and
+            # whatever follows the head, e.g. a GAP after a 1x1-conv head).
+            torch.set_grad_enabled(True)
         return torch.cat([output, self.fc2(inputs[0])], dim=1)
 
     def freeze_backbone(self, trainable: tuple[str, ...] = (SIGMOID_BRANCH,)) -> None:
@@ -114,6 +120,9 @@ class CAMModel(nn.Module):
         for name, p in self.named_parameters():
             p.requires_grad_(any(name == t or name.startswith(t + ".") for t in trainable))
         self.backbone_frozen = True
+        self._only_branch_trains = all(
+            name.startswith(SIGMOID_BRANCH + ".")
+            for name, p in self.named_parameters() if p.requires_grad)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "CAMModel":
@@ -123,7 +132,19 @@ class CAMModel(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        out = self.model(x)
+        if self.training and self._only_branch_trains and torch.is_grad_enabled():
+            # Fine-tuning the branch alone: the frozen backbone runs with
+            # autograd off (no graph, no saved activations, like inference
+            # mode, whose tensors could not enter the branch's graph); the
+            # head's hook switches it back on.
+            self._grad_from_head = True
+            try:
+                with torch.no_grad():
+                    out = self.model(x)
+            finally:
+                self._grad_from_head = False
+        else:
+            out = self.model(x)
         if self.fc2 is None:
             return {"logits": out, "logits_sigmoid": None}
         logits, logits_sigmoid = out.split(self.num_classes, dim=1)

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from wsol.acceleration import Acceleration, autocast, to_device
 from wsol.dual_branch import CAMModel
 from wsol.losses import class_balanced_bce, softmax_cross_entropy
 
@@ -53,12 +54,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig):
 
 def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, show_progress: bool = True,
-                    forward: torch.nn.Module | None = None) -> dict[str, float]:
+                    forward: torch.nn.Module | None = None,
+                    accel: Acceleration = Acceleration()) -> dict[str, float]:
     """One pass over ``loader``.  A dual-branch model trains its sigmoid branch
     with the class-balanced BCE; a vanilla model trains with cross-entropy.
-    Loss and accuracy are summed on the device and read once at the end.
-    ``forward`` is the module to call (the DistributedDataParallel wrapper
-    under torchrun), ``model`` the CAMModel it wraps."""
+    Loss and accuracy are summed on the device and read once at the end, so
+    no step waits for the GPU.  ``forward`` is the module to call (the
+    DistributedDataParallel wrapper under torchrun, or the model), ``model``
+    the CAMModel it wraps; ``accel`` its autocast and memory format (the
+    model must already be prepared with :func:`wsol.acceleration.prepare_model`).
+    The losses are computed in float32 under ``--amp``."""
     forward = forward or model
     model.train()
     dual = model.is_dual
@@ -69,15 +74,15 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
     for images, labels, _ in bar:
         if labels.numel() == 0:  # every image of the batch was unreadable and skipped
             continue
-        images = images.to(device, non_blocking=True)
+        images = to_device(images, device, accel)
         labels = labels.to(device, non_blocking=True)
-        out = forward(images)
+        with autocast(device, accel):
+            out = forward(images)
+        scores = (out["logits_sigmoid"] if dual else out["logits"]).float()
         if dual:
-            loss = class_balanced_bce(out["logits_sigmoid"], labels)
-            scores = out["logits_sigmoid"]
+            loss = class_balanced_bce(scores, labels)
         else:
-            loss = softmax_cross_entropy(out["logits"], labels)
-            scores = out["logits"]
+            loss = softmax_cross_entropy(scores, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

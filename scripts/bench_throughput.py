@@ -1,0 +1,308 @@
+"""Images/second of fine-tuning and evaluation, beside the backbone's own
+forward and forward+backward throughput on the same model and batch.
+
+    python scripts/bench_throughput.py                       # VGG16, ResNet50, InceptionV3
+    python scripts/bench_throughput.py --amp --channels_last --compile
+    python scripts/bench_throughput.py --archs resnet18 --image_size 64 \\
+        --batch_size 8 --steps 3 --warmup 1 --data memory    # a quick CPU run
+
+For each architecture (random weights: timing does not depend on them), at
+its standard input size (224 px; 299 for InceptionV3) unless --image_size:
+
+  forward      the dual-branch model under inference mode, eval mode: the
+               floor of any pass over the data.
+  fwd+bwd      the vanilla model in training mode, every weight requiring
+               grad: forward, cross-entropy, backward (no optimiser step).
+  fine-tune    wsol.training.train_one_epoch on the b2 model (frozen
+               backbone, sigmoid branch trained with the class-balanced BCE,
+               SGD step), from the data source.
+  evaluate     inference.CAMComputer with --methods on --branches: CAMs,
+               bicubic resize, normalisation, MaxBoxAccV2 / GT-known / Top-1
+               Loc counts at --cam_curve_interval, until the counts are final.
+
+Data sources (--data): ``memory``, the same normalised batch over and over
+(the model and the evaluator only); ``disk``, JPEGs of --disk_image_size
+written to a temporary folder and read by the project's DataLoader (decoding,
+resizing and augmentation in --workers processes, pinned memory).
+
+Printed ratios: fine-tune / forward (goal on a GPU: >= 0.9) and evaluate /
+fwd+bwd (goal: >= 0.7).  Every figure is images/second over --steps batches
+after --warmup batches (compilation, cuDNN autotuning and loader start-up
+fall in the warm-up).  --json writes them all.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from data_loaders import IMAGENET_MEAN, IMAGENET_STD, LoaderSettings, get_data_loader  # noqa: E402
+from inference import CAMComputer, EvalSettings  # noqa: E402
+from wsol.acceleration import Acceleration, autocast, check_amp, prepare_model  # noqa: E402
+from wsol.architectures import build_architecture  # noqa: E402
+from wsol.dual_branch import CAMModel  # noqa: E402
+from wsol.training import OptimConfig, build_optimizer, train_one_epoch  # noqa: E402
+
+STANDARD_SIZE = {"inception_v3": 299}  # every other architecture: 224
+DEFAULT_METHODS = "cam,gradcam,gradcam++,xgradcam,layercam"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def images_per_second(run: Callable[[int], None], batches: int, warmup: int,
+                      batch_size: int, device: torch.device) -> float:
+    """``run(n)`` processes n batches; the first ``warmup`` are not timed."""
+    if warmup:
+        run(warmup)
+    sync(device)
+    start = time.perf_counter()
+    run(batches)
+    sync(device)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------
+# Models and data
+# ---------------------------------------------------------------------------
+def build_models(arch: str, classes: int, device: torch.device,
+                 accel: Acceleration) -> tuple[CAMModel, CAMModel]:
+    """(b2 model with frozen backbone, vanilla model with every weight trainable)."""
+    torch.manual_seed(0)
+    base, spec = build_architecture(arch, classes)
+    vanilla = CAMModel(base, spec.feature_layer, spec.head, arch)
+    torch.manual_seed(0)
+    base2, _ = build_architecture(arch, classes)
+    dual = CAMModel(base2, spec.feature_layer, spec.head, arch).add_sigmoid_branch()
+    dual.freeze_backbone()
+    return prepare_model(dual, device, accel), prepare_model(vanilla, device, accel)
+
+
+def write_split(root: str, count: int, classes: int, size: tuple[int, int],
+                jpegs: bool) -> tuple[str, str, list[str], list[int]]:
+    """Metadata (wsolevaluation format) for ``count`` images, one box each, and
+    optionally the JPEGs (smooth random images, so they compress like photos)."""
+    rng = np.random.default_rng(0)
+    width, height = size
+    ids = [f"images/{i:05d}.jpg" for i in range(count)]
+    labels = [int(i % classes) for i in range(count)]
+    meta = os.path.join(root, "metadata")
+    for split in ("train", "test"):
+        os.makedirs(os.path.join(meta, split), exist_ok=True)
+        lines = {"image_ids.txt": ids,
+                 "class_labels.txt": [f"{i},{c}" for i, c in zip(ids, labels)],
+                 "image_sizes.txt": [f"{i},{width},{height}" for i in ids],
+                 "localization.txt": [f"{i},{width // 4},{height // 4},{3 * width // 4},"
+                                      f"{3 * height // 4}" for i in ids]}
+        for name, content in lines.items():
+            with open(os.path.join(meta, split, name), "w") as f:
+                f.write("\n".join(content) + "\n")
+    images = os.path.join(root, "images_root")
+    if jpegs:
+        from PIL import Image
+        os.makedirs(os.path.join(images, "images"), exist_ok=True)
+        for image_id in ids:
+            small = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
+            picture = Image.fromarray(small).resize((width, height), Image.BICUBIC)
+            picture.save(os.path.join(images, image_id), quality=90)
+    return meta, images, ids, labels
+
+
+def memory_batches(ids: list[str], labels: list[int], batch_size: int, image_size: int,
+                   device: torch.device, accel: Acceleration) -> list:
+    """Normalised random batches already on the device (what a perfect loader gives)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(batch_size, 3, image_size, image_size, generator=generator)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    images = ((images - mean) / std).to(device, memory_format=accel.memory_format)
+    batches = []
+    for start in range(0, len(ids) - batch_size + 1, batch_size):
+        batches.append((images, torch.tensor(labels[start:start + batch_size]).to(device),
+                        ids[start:start + batch_size]))
+    return batches
+
+
+class Batches:
+    """The next ``n`` batches of a shared endless iterator, looking like a
+    DataLoader to the training and evaluation loops."""
+
+    def __init__(self, iterator, n: int, batch_size: int):
+        self.iterator, self.n = iterator, n
+        self.sampler = range(n * batch_size)  # CAMComputer counts the images it expects
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for _ in range(self.n):
+            yield next(self.iterator)
+
+
+def endless(data):
+    while True:
+        yield from data
+
+
+# ---------------------------------------------------------------------------
+# The four measurements
+# ---------------------------------------------------------------------------
+def measure(arch: str, args, device: torch.device, accel: Acceleration) -> dict:
+    size = args.image_size or STANDARD_SIZE.get(arch, 224)
+    dual, vanilla = build_models(arch, args.num_classes, device, accel)
+    x = torch.randn(args.batch_size, 3, size, size, device=device).contiguous(
+        memory_format=accel.memory_format)
+    y = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
+    timed = lambda run: images_per_second(run, args.steps, args.warmup,  # noqa: E731
+                                          args.batch_size, device)
+    result = {"architecture": arch, "image_size": size, "batch_size": args.batch_size}
+
+    def forward(n: int) -> None:
+        dual.eval()
+        with torch.inference_mode(), autocast(device, accel):
+            for _ in range(n):
+                dual(x)
+
+    def forward_backward(n: int) -> None:
+        vanilla.train()
+        for _ in range(n):
+            with autocast(device, accel):
+                logits = vanilla(x)["logits"]
+            F.cross_entropy(logits.float(), y).backward()
+            vanilla.zero_grad(set_to_none=True)
+
+    result["forward"] = timed(forward)
+    result["fwd+bwd"] = timed(forward_backward)
+    del vanilla
+
+    total = (args.steps + args.warmup) * args.batch_size
+    with tempfile.TemporaryDirectory(prefix="bench_throughput_") as root:
+        for source in args.data:
+            meta, image_root, ids, labels = write_split(
+                root if source == "memory" else os.path.join(root, "disk"), total,
+                args.num_classes, args.disk_image_size, jpegs=source == "disk")
+            if source == "memory":
+                train_data = eval_data = memory_batches(ids, labels, args.batch_size, size,
+                                                        device, accel)
+            else:
+                settings = LoaderSettings(args.batch_size, args.workers, size + size // 7, size,
+                                          prefetch_factor=args.prefetch_factor)
+                loaders = get_data_loader({"train": image_root, "test": image_root}, meta,
+                                          settings, splits=("train", "test"),
+                                          num_classes=args.num_classes)
+                train_data, eval_data = loaders["train"], loaders["test"]
+            result[f"fine-tune ({source})"] = finetune_rate(dual, train_data, args, device,
+                                                            accel)
+            result[f"evaluate ({source})"] = evaluate_rate(dual, eval_data, meta, args,
+                                                           device, accel)
+    return result
+
+
+def finetune_rate(model: CAMModel, data, args, device: torch.device,
+                  accel: Acceleration) -> float:
+    optimizer = build_optimizer(model, OptimConfig(lr=0.001))
+    iterator = endless(data)
+    logging.getLogger("wsol.training").setLevel(logging.WARNING)
+
+    def run(n: int) -> None:
+        train_one_epoch(model, Batches(iterator, n, args.batch_size), optimizer, device,
+                        epoch=0, show_progress=False, accel=accel)
+    return images_per_second(run, args.steps, args.warmup, args.batch_size, device)
+
+
+def evaluate_rate(model: CAMModel, data, metadata_root: str, args, device: torch.device,
+                  accel: Acceleration) -> float:
+    settings = EvalSettings(methods=args.methods.split(","), branches=args.branches.split(","),
+                            cam_curve_interval=args.cam_curve_interval, show_progress=False,
+                            accel=accel)
+    iterator = endless(data)
+
+    def run(n: int) -> None:
+        computer = CAMComputer(model, Batches(iterator, n, args.batch_size),
+                               os.path.join(metadata_root, "test"), None, "SYNTH", "test",
+                               settings, device)
+        computer.compute_and_evaluate()  # returns once the counts are final
+    return images_per_second(run, args.steps, args.warmup, args.batch_size, device)
+
+
+# ---------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--archs", default="vgg16,resnet50,inception_v3")
+    p.add_argument("--image_size", type=int, default=None,
+                   help="input size (default: 224, 299 for inception_v3)")
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20, help="timed batches per measurement")
+    p.add_argument("--warmup", type=int, default=5, help="untimed batches before them")
+    p.add_argument("--num_classes", type=int, default=1000)
+    p.add_argument("--methods", default=DEFAULT_METHODS)
+    p.add_argument("--branches", default="sigmoid", help="sigmoid, softmax or softmax,sigmoid")
+    p.add_argument("--cam_curve_interval", type=float, default=0.01)
+    p.add_argument("--data", default="memory,disk", help="memory, disk or memory,disk")
+    p.add_argument("--disk_image_size", default="500x375", help="WxH of the JPEGs on disk")
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--prefetch_factor", type=int, default=4)
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--channels_last", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--json", default=None, help="also write the figures here")
+    args = p.parse_args(argv)
+    args.data = [d.strip() for d in args.data.split(",") if d.strip()]
+    if not set(args.data) <= {"memory", "disk"}:
+        p.error("--data takes memory, disk or memory,disk")
+    try:
+        width, height = (int(v) for v in args.disk_image_size.lower().split("x"))
+    except ValueError:
+        p.error("--disk_image_size must look like 500x375")
+    args.disk_image_size = (width, height)
+    if min(args.steps, args.batch_size) < 1 or args.warmup < 0:
+        p.error("--steps and --batch_size must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    accel = check_amp(device, Acceleration(args.amp, args.channels_last, args.compile))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}; amp={accel.amp} "
+          f"channels_last={accel.channels_last} compile={accel.compile}; "
+          f"batch {args.batch_size}, {args.steps} timed + {args.warmup} warm-up batches")
+    results = []
+    for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
+        row = measure(arch, args, device, accel)
+        results.append(row)
+        print(f"\n{arch} at {row['image_size']} px, images/s:")
+        print(f"  forward {row['forward']:.1f}   fwd+bwd {row['fwd+bwd']:.1f}")
+        for source in args.data:
+            tune, score = row[f"fine-tune ({source})"], row[f"evaluate ({source})"]
+            row[f"fine-tune / forward ({source})"] = tune / row["forward"]
+            row[f"evaluate / fwd+bwd ({source})"] = score / row["fwd+bwd"]
+            print(f"  {source:6s}: fine-tune {tune:.1f} = {tune / row['forward']:.2f}x forward "
+                  f"(goal 0.90); evaluate {score:.1f} = {score / row['fwd+bwd']:.2f}x fwd+bwd "
+                  f"(goal 0.70)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "amp": accel.amp, "channels_last": accel.channels_last,
+                       "compile": accel.compile, "results": results}, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
