@@ -146,7 +146,8 @@ class CAMComputer:
                     if pair in self.mask:
                         self.mask[pair].accumulate_batch(maps[method], image_ids)
                     if pair in self.fidelity:
-                        self._accumulate_fidelity(pair, images, maps[method], labels)
+                        self._accumulate_fidelity(pair, images, maps[method], labels,
+                                                  first.logits)
                     if self.settings.scoremap_root:
                         self._save(maps[method], image_ids, method, branch)
             seen += labels.shape[0]
@@ -179,12 +180,13 @@ class CAMComputer:
                 delta[key] = (total - local).numpy()
             evaluator.add_counts(delta)
 
-    def _accumulate_fidelity(self, pair, images, maps, labels) -> None:
-        # Scored with the softmax head, on the image multiplied by the map.
+    def _accumulate_fidelity(self, pair, images, maps, labels, logits) -> None:
+        # Scored with the softmax head, on the image multiplied by the map; the
+        # full image's scores are those of the CAM forward (``logits``).
         with torch.no_grad(), autocast(self.device, self.settings.accel):
             small = torch.nn.functional.interpolate(maps[:, None], size=images.shape[-2:],
                                                     mode="bilinear", align_corners=False)
-            full = self.model(images)["logits"].float().softmax(1)
+            full = logits.float().softmax(1)
             masked = self.model(images * small)["logits"].float().softmax(1)
         index = labels[:, None]
         self.fidelity[pair].accumulate(full.gather(1, index)[:, 0], masked.gather(1, index)[:, 0])

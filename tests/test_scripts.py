@@ -424,3 +424,26 @@ def test_inference_py_is_the_single_image_command(tiny_run, tmp_path):
     assert result.returncode == 0, result.stderr
     written = [p for p in os.listdir(tmp_path) if p.endswith("_cam.png")]
     assert len(written) == 1
+
+
+def test_bench_throughput_runs_small_and_reports_every_ratio(tmp_path, capsys):
+    bench = load_script("bench_throughput")
+    out = tmp_path / "figures.json"
+    rows = bench.main(["--archs", "resnet18", "--image_size", "32", "--batch_size", "4",
+                       "--steps", "2", "--warmup", "1", "--num_classes", "10",
+                       "--workers", "0", "--disk_image_size", "48x40", "--device", "cpu",
+                       "--branches", "softmax,sigmoid", "--json", str(out)])
+    (row,) = rows
+    for source in ("memory", "disk"):
+        for key in ("forward", "fwd+bwd", f"fine-tune ({source})", f"evaluate ({source})"):
+            assert 0 < row[key] < float("inf"), key
+        assert row[f"fine-tune / forward ({source})"] == pytest.approx(
+            row[f"fine-tune ({source})"] / row["forward"])
+        assert row[f"evaluate / fwd+bwd ({source})"] == pytest.approx(
+            row[f"evaluate ({source})"] / row["fwd+bwd"])
+    printed = capsys.readouterr().out
+    assert "x forward (goal 0.90)" in printed and "x fwd+bwd (goal 0.70)" in printed
+    saved = json.loads(out.read_text())
+    assert saved["results"][0]["architecture"] == "resnet18" and saved["amp"] is False
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--data", "cloud"])

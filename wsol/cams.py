@@ -555,8 +555,12 @@ def _compute(model, images, targets, chosen, branches, settings) -> dict[str, CA
         targets = torch.as_tensor(targets, device=images.device).long().view(-1)
         if targets.numel() != images.shape[0]:
             raise ValueError(f"{targets.numel()} targets for {images.shape[0]} images")
-        if targets.numel() and (targets.min() < 0 or targets.max() >= model.num_classes):
-            raise ValueError(f"targets must lie in [0, {model.num_classes})")
+        if targets.numel():
+            bad = (targets.min() < 0) | (targets.max() >= model.num_classes)
+            if targets.is_cuda:
+                torch._assert_async(~bad)  # fails on the GPU without making the host wait
+            elif bool(bad):
+                raise ValueError(f"targets must lie in [0, {model.num_classes})")
     if any(m.needs_gradients for m in chosen):
         outputs, targets, activations, gradients = _target_gradients(
             model, images, targets, branches)
