@@ -26,9 +26,10 @@ written to a temporary folder and read by the project's DataLoader (decoding,
 resizing and augmentation in --workers processes, pinned memory).
 
 Printed ratios: fine-tune / forward (goal on a GPU: >= 0.9) and evaluate /
-fwd+bwd (goal: >= 0.7).  Every figure is images/second over --steps batches
-after --warmup batches (compilation, cuDNN autotuning and loader start-up
-fall in the warm-up).  --json writes them all.
+fwd+bwd (goal: >= 0.7).  Every figure is images/second: after --warmup
+batches of each run (compilation, cuDNN autotuning and loader start-up fall
+there), the runs take turns for --rounds rounds of --steps batches each and
+each figure is the median of its rounds.  --json writes them all.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -61,18 +63,6 @@ DEFAULT_METHODS = "cam,gradcam,gradcam++,xgradcam,layercam"
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def images_per_second(run: Callable[[int], None], batches: int, warmup: int,
-                      batch_size: int, device: torch.device) -> float:
-    """``run(n)`` processes n batches; the first ``warmup`` are not timed."""
-    if warmup:
-        run(warmup)
-    sync(device)
-    start = time.perf_counter()
-    run(batches)
-    sync(device)
-    return batches * batch_size / (time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------
@@ -121,14 +111,19 @@ def write_split(root: str, count: int, classes: int, size: tuple[int, int],
     return meta, images, ids, labels
 
 
-def memory_batches(ids: list[str], labels: list[int], batch_size: int, image_size: int,
-                   device: torch.device, accel: Acceleration) -> list:
-    """Normalised random batches already on the device (what a perfect loader gives)."""
+def normalised_batch(batch_size: int, image_size: int, device: torch.device,
+                     accel: Acceleration) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(batch_size, 3, image_size, image_size, generator=generator)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    images = ((images - mean) / std).to(device, memory_format=accel.memory_format)
+    return ((images - mean) / std).to(device, memory_format=accel.memory_format)
+
+
+def memory_batches(ids: list[str], labels: list[int], batch_size: int, image_size: int,
+                   device: torch.device, accel: Acceleration) -> list:
+    """Normalised random batches already on the device (what a perfect loader gives)."""
+    images = normalised_batch(batch_size, image_size, device, accel)
     batches = []
     for start in range(0, len(ids) - batch_size + 1, batch_size):
         batches.append((images, torch.tensor(labels[start:start + batch_size]).to(device),
@@ -163,12 +158,10 @@ def endless(data):
 def measure(arch: str, args, device: torch.device, accel: Acceleration) -> dict:
     size = args.image_size or STANDARD_SIZE.get(arch, 224)
     dual, vanilla = build_models(arch, args.num_classes, device, accel)
-    x = torch.randn(args.batch_size, 3, size, size, device=device).contiguous(
-        memory_format=accel.memory_format)
+    # The very batch the in-memory runs use: random weights and inputs of
+    # another distribution can run at another speed on CPUs (denormals).
+    x = normalised_batch(args.batch_size, size, device, accel)
     y = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
-    timed = lambda run: images_per_second(run, args.steps, args.warmup,  # noqa: E731
-                                          args.batch_size, device)
-    result = {"architecture": arch, "image_size": size, "batch_size": args.batch_size}
 
     def forward(n: int) -> None:
         dual.eval()
@@ -184,16 +177,13 @@ def measure(arch: str, args, device: torch.device, accel: Acceleration) -> dict:
             F.cross_entropy(logits.float(), y).backward()
             vanilla.zero_grad(set_to_none=True)
 
-    result["forward"] = timed(forward)
-    result["fwd+bwd"] = timed(forward_backward)
-    del vanilla
-
-    total = (args.steps + args.warmup) * args.batch_size
+    runs = {"forward": forward, "fwd+bwd": forward_backward}
+    total = (args.warmup + args.rounds * args.steps) * args.batch_size
     with tempfile.TemporaryDirectory(prefix="bench_throughput_") as root:
         for source in args.data:
             meta, image_root, ids, labels = write_split(
-                root if source == "memory" else os.path.join(root, "disk"), total,
-                args.num_classes, args.disk_image_size, jpegs=source == "disk")
+                os.path.join(root, source), total, args.num_classes, args.disk_image_size,
+                jpegs=source == "disk")
             if source == "memory":
                 train_data = eval_data = memory_batches(ids, labels, args.batch_size, size,
                                                         device, accel)
@@ -204,15 +194,35 @@ def measure(arch: str, args, device: torch.device, accel: Acceleration) -> dict:
                                           settings, splits=("train", "test"),
                                           num_classes=args.num_classes)
                 train_data, eval_data = loaders["train"], loaders["test"]
-            result[f"fine-tune ({source})"] = finetune_rate(dual, train_data, args, device,
-                                                            accel)
-            result[f"evaluate ({source})"] = evaluate_rate(dual, eval_data, meta, args,
-                                                           device, accel)
-    return result
+            runs[f"fine-tune ({source})"] = finetune_run(dual, train_data, args, device, accel)
+            runs[f"evaluate ({source})"] = evaluate_run(dual, eval_data, meta, args, device,
+                                                        accel)
+        rates = round_robin(runs, args, device)
+    return {"architecture": arch, "image_size": size, "batch_size": args.batch_size, **rates}
 
 
-def finetune_rate(model: CAMModel, data, args, device: torch.device,
-                  accel: Acceleration) -> float:
+def round_robin(runs: dict[str, Callable[[int], None]], args,
+                device: torch.device) -> dict[str, float]:
+    """Median images/s of each run over --rounds rounds, the runs taking turns
+    within a round: whatever drifts during the benchmark (clocks, other
+    processes, allocator and kernel caches warming up) hits them alike."""
+    for run in runs.values():  # warm-up: compilation, autotuning, worker start-up
+        if args.warmup:
+            run(args.warmup)
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.rounds):
+        for name, run in runs.items():
+            sync(device)
+            start = time.perf_counter()
+            run(args.steps)
+            sync(device)
+            rates[name].append(args.steps * args.batch_size / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def finetune_run(model: CAMModel, data, args, device: torch.device,
+                 accel: Acceleration) -> Callable[[int], None]:
+    """n fine-tuning steps of the sigmoid branch per call."""
     optimizer = build_optimizer(model, OptimConfig(lr=0.001))
     iterator = endless(data)
     logging.getLogger("wsol.training").setLevel(logging.WARNING)
@@ -220,11 +230,12 @@ def finetune_rate(model: CAMModel, data, args, device: torch.device,
     def run(n: int) -> None:
         train_one_epoch(model, Batches(iterator, n, args.batch_size), optimizer, device,
                         epoch=0, show_progress=False, accel=accel)
-    return images_per_second(run, args.steps, args.warmup, args.batch_size, device)
+    return run
 
 
-def evaluate_rate(model: CAMModel, data, metadata_root: str, args, device: torch.device,
-                  accel: Acceleration) -> float:
+def evaluate_run(model: CAMModel, data, metadata_root: str, args, device: torch.device,
+                 accel: Acceleration) -> Callable[[int], None]:
+    """n batches scored per call, until the evaluator's counts are final."""
     settings = EvalSettings(methods=args.methods.split(","), branches=args.branches.split(","),
                             cam_curve_interval=args.cam_curve_interval, show_progress=False,
                             accel=accel)
@@ -234,8 +245,8 @@ def evaluate_rate(model: CAMModel, data, metadata_root: str, args, device: torch
         computer = CAMComputer(model, Batches(iterator, n, args.batch_size),
                                os.path.join(metadata_root, "test"), None, "SYNTH", "test",
                                settings, device)
-        computer.compute_and_evaluate()  # returns once the counts are final
-    return images_per_second(run, args.steps, args.warmup, args.batch_size, device)
+        computer.compute_and_evaluate()
+    return run
 
 
 # ---------------------------------------------------------------------------
@@ -246,8 +257,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image_size", type=int, default=None,
                    help="input size (default: 224, 299 for inception_v3)")
     p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=20, help="timed batches per measurement")
-    p.add_argument("--warmup", type=int, default=5, help="untimed batches before them")
+    p.add_argument("--steps", type=int, default=20, help="timed batches per run and round")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds; each run's figure is its median over them")
+    p.add_argument("--warmup", type=int, default=5, help="untimed batches of each run first")
     p.add_argument("--num_classes", type=int, default=1000)
     p.add_argument("--methods", default=DEFAULT_METHODS)
     p.add_argument("--branches", default="sigmoid", help="sigmoid, softmax or softmax,sigmoid")
@@ -270,8 +283,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     except ValueError:
         p.error("--disk_image_size must look like 500x375")
     args.disk_image_size = (width, height)
-    if min(args.steps, args.batch_size) < 1 or args.warmup < 0:
-        p.error("--steps and --batch_size must be >= 1, --warmup >= 0")
+    if min(args.steps, args.batch_size, args.rounds) < 1 or args.warmup < 0:
+        p.error("--steps, --rounds and --batch_size must be >= 1, --warmup >= 0")
     return args
 
 
@@ -283,7 +296,8 @@ def main(argv=None) -> list[dict]:
         f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; amp={accel.amp} "
           f"channels_last={accel.channels_last} compile={accel.compile}; "
-          f"batch {args.batch_size}, {args.steps} timed + {args.warmup} warm-up batches")
+          f"batch {args.batch_size}; medians of {args.rounds} rounds of {args.steps} batches "
+          f"after {args.warmup} warm-up batches")
     results = []
     for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
         row = measure(arch, args, device, accel)

@@ -430,7 +430,7 @@ def test_bench_throughput_runs_small_and_reports_every_ratio(tmp_path, capsys):
     bench = load_script("bench_throughput")
     out = tmp_path / "figures.json"
     rows = bench.main(["--archs", "resnet18", "--image_size", "32", "--batch_size", "4",
-                       "--steps", "2", "--warmup", "1", "--num_classes", "10",
+                       "--steps", "2", "--rounds", "2", "--warmup", "1", "--num_classes", "10",
                        "--workers", "0", "--disk_image_size", "48x40", "--device", "cpu",
                        "--branches", "softmax,sigmoid", "--json", str(out)])
     (row,) = rows
