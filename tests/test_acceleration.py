@@ -21,6 +21,7 @@ import evaluation
 import main
 from data_loaders import LoaderSettings, get_data_loader
 from tests.conftest import copy_as_dataset
+from tests.test_robustness import tiny_argv
 from tests.test_cams import TinyNet
 from wsol.acceleration import Acceleration, autocast, compiled_blocks, prepare_model
 from wsol.architectures import build_architecture
@@ -254,11 +255,8 @@ def test_augmentations_do_not_depend_on_workers_or_their_lifetime(tiny_synth_roo
 # The command line
 # ---------------------------------------------------------------------------
 def _argv(root, name, *extra):
-    return ["--experiment_name", name, "--dataset_name", "SYNTH", "--architecture", "resnet18",
-            "--data_root", str(root / "dataset"), "--metadata_root", str(root / "metadata"),
-            "--log_root", str(root / "train_log"), "--resize_size", "40", "--crop_size", "32",
-            "--batch_size", "8", "--workers", "0", "--cam_curve_interval", "0.01",
-            "--method", "cam,gradcam,gradcam++", "--cam_branch", "softmax,sigmoid", *extra]
+    return tiny_argv(root, name, "--method", "cam,gradcam,gradcam++",
+                     "--cam_branch", "softmax,sigmoid", *extra)
 
 
 METRICS = ("MaxBoxAccV2", "GT-known Loc", "Top-1 Loc", "PxAP")
