@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="channels-last (NHWC) memory format for images and weights")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the backbone blocks (slow first batches while compiling)")
+    g.add_argument("--decode_on_device", action="store_true",
+                   help="workers only read the files; decode (nvJPEG on a GPU) and resize/crop/"
+                        "flip on the model's device, freeing CPU cores (images within about one "
+                        "grey level of the default PIL path)")
     g.add_argument("--prefetch_factor", type=int, default=4,
                    help="batches each data-loading worker prepares ahead")
 

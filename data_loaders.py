@@ -162,10 +162,12 @@ def _check_ids_present(image_ids: list[str], table: dict, path: str) -> None:
 
 class WSOLImageLabelDataset(Dataset):
     """Images of one split with their class labels; items are
-    ``(image_tensor, label, image_id)``."""
+    ``(image_tensor, label, image_id)``, or with ``transform=None``
+    ``(file_bytes, label, image_id, seed)`` for decoding on the device
+    (:mod:`wsol.device_decode`; ``seed`` is -1 without AugmentationSeeds)."""
 
     def __init__(self, data_root: str, metadata_root: str,
-                 transform: Callable, proxy: bool = False,
+                 transform: Callable | None, proxy: bool = False,
                  num_sample_per_class: int = 0,
                  num_classes: int | None = None,
                  skip_bad_images: bool = False):
@@ -206,6 +208,8 @@ class WSOLImageLabelDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         image_id = self.image_ids[index]
         path = os.path.join(self.data_root, image_id)
+        if self.transform is None:
+            return self._encoded(path, image_id, seed)
         try:
             with Image.open(path) as image:
                 image = image.convert("RGB")
@@ -219,6 +223,21 @@ class WSOLImageLabelDataset(Dataset):
         with torch.random.fork_rng(devices=[]):  # leaves the process's own stream alone
             torch.manual_seed(seed)
             return self.transform(image), self.image_labels[image_id], image_id
+
+
+    def _encoded(self, path: str, image_id: str, seed: int | None):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            if not data:
+                raise OSError("empty file")
+        except OSError as error:
+            if self.skip_bad_images:
+                return None
+            raise ImageLoadError(f"cannot read image {path}: {error} "
+                                 f"(fix or remove it, or pass --skip_bad_images)") from None
+        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return encoded, self.image_labels[image_id], image_id, -1 if seed is None else seed
 
 
 class AugmentationSeeds(Sampler):
@@ -251,10 +270,14 @@ class AugmentationSeeds(Sampler):
 
 
 def skip_none_collate(batch: list):
-    """Default collation of the items that loaded; an all-bad batch is empty."""
+    """Default collation of the items that loaded; an all-bad batch is empty.
+    Encoded items (file bytes of different lengths) stay a list."""
     batch = [item for item in batch if item is not None]
     if not batch:
         return torch.empty(0, 3, 1, 1), torch.empty(0, dtype=torch.long), []
+    if len(batch[0]) == 4:
+        encoded, labels, ids, seeds = zip(*batch)
+        return list(encoded), torch.as_tensor(labels), list(ids), torch.as_tensor(seeds)
     images, labels, ids = zip(*batch)
     return torch.stack(images), torch.as_tensor(labels), list(ids)
 
@@ -273,6 +296,7 @@ class LoaderSettings:
     num_val_sample_per_class: int = 0
     skip_bad_images: bool = False
     prefetch_factor: int = 4   # batches per worker prepared ahead
+    decode_device: torch.device | None = None  # decode and transform there (--decode_on_device)
 
 
 def get_transforms(split: str, resize_size: int, crop_size: int):
@@ -309,7 +333,8 @@ def get_data_loader(data_roots: dict[str, str], metadata_root: str,
         dataset = WSOLImageLabelDataset(
             data_root=data_roots[split],
             metadata_root=os.path.join(metadata_root, split),
-            transform=get_transforms(split, settings.resize_size, settings.crop_size),
+            transform=(get_transforms(split, settings.resize_size, settings.crop_size)
+                       if settings.decode_device is None else None),
             proxy=settings.proxy_training_set and split == "train",
             num_sample_per_class=(settings.num_val_sample_per_class
                                   if split == "val" else 0),
@@ -336,4 +361,9 @@ def get_data_loader(data_roots: dict[str, str], metadata_root: str,
             prefetch_factor=settings.prefetch_factor if workers > 0 else None,
             # Only seeds the workers' own streams, which no transform uses.
             generator=torch.Generator().manual_seed(0) if train else None)
+        if settings.decode_device is not None:
+            from wsol.device_decode import DecodedLoader, DeviceDecoder
+            loaders[split] = DecodedLoader(loaders[split], DeviceDecoder(
+                settings.decode_device, train, settings.resize_size, settings.crop_size,
+                settings.skip_bad_images))
     return loaders

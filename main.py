@@ -69,10 +69,11 @@ def acceleration(args, device: torch.device) -> Acceleration:
                                           compile=args.compile))
 
 
-def loader_settings(args, train: bool) -> LoaderSettings:
+def loader_settings(args, train: bool, device: torch.device) -> LoaderSettings:
     return LoaderSettings(args.batch_size, args.workers, args.resize_size, args.crop_size,
                           args.proxy_training_set and train, args.num_val_sample_per_class,
-                          args.skip_bad_images, args.prefetch_factor)
+                          args.skip_bad_images, args.prefetch_factor,
+                          device if args.decode_on_device else None)
 
 
 def train(args, model: CAMModel, device: torch.device, tracker: Tracker,
@@ -88,7 +89,8 @@ def train(args, model: CAMModel, device: torch.device, tracker: Tracker,
         forward = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     loaders = get_data_loader(
-        {"train": args.image_root}, args.split_metadata_root, loader_settings(args, True),
+        {"train": args.image_root}, args.split_metadata_root,
+        loader_settings(args, True, device),
         splits=("train",), num_classes=args.num_classes, generator=generator,
         sampler_factory=sampler_factory)
     cfg = OptimConfig(args.lr, args.momentum, args.weight_decay, args.lr_classifier_ratio,
@@ -159,7 +161,8 @@ def evaluate(args, model: CAMModel, device: torch.device,
 
     methods = parse_methods(args.method)
     loader = get_data_loader(
-        {args.split: args.image_root}, args.split_metadata_root, loader_settings(args, False),
+        {args.split: args.image_root}, args.split_metadata_root,
+        loader_settings(args, False, device),
         splits=(args.split,), num_classes=args.num_classes,
         sampler_factory=lambda dataset, split: ShardSampler(len(dataset), ctx.rank,
                                                             ctx.world_size))[args.split]

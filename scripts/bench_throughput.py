@@ -188,8 +188,10 @@ def measure(arch: str, args, device: torch.device, accel: Acceleration) -> dict:
                 train_data = eval_data = memory_batches(ids, labels, args.batch_size, size,
                                                         device, accel)
             else:
-                settings = LoaderSettings(args.batch_size, args.workers, size + size // 7, size,
-                                          prefetch_factor=args.prefetch_factor)
+                settings = LoaderSettings(
+                    args.batch_size, args.workers, size + size // 7, size,
+                    prefetch_factor=args.prefetch_factor,
+                    decode_device=device if args.decode_on_device else None)
                 loaders = get_data_loader({"train": image_root, "test": image_root}, meta,
                                           settings, splits=("train", "test"),
                                           num_classes=args.num_classes)
@@ -269,6 +271,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--disk_image_size", default="500x375", help="WxH of the JPEGs on disk")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--prefetch_factor", type=int, default=4)
+    p.add_argument("--decode_on_device", action="store_true",
+                   help="disk data: decode and transform on the device (main.py's flag)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--channels_last", action="store_true")
@@ -295,7 +299,8 @@ def main(argv=None) -> list[dict]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; amp={accel.amp} "
-          f"channels_last={accel.channels_last} compile={accel.compile}; "
+          f"channels_last={accel.channels_last} compile={accel.compile} "
+          f"decode_on_device={args.decode_on_device}; "
           f"batch {args.batch_size}; medians of {args.rounds} rounds of {args.steps} batches "
           f"after {args.warmup} warm-up batches")
     results = []

@@ -11,6 +11,7 @@ one image's verdict (100 / N points; measured: one image at one IoU
 threshold of one method, 3.3 points on MaxBoxAccV2, and PxAP within 0.02).
 """
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ import torch
 import config
 import evaluation
 import main
-from data_loaders import LoaderSettings, get_data_loader
+from data_loaders import ImageLoadError, LoaderSettings, get_data_loader
 from tests.conftest import copy_as_dataset
 from tests.test_robustness import tiny_argv
 from tests.test_cams import TinyNet
@@ -252,6 +253,60 @@ def test_augmentations_do_not_depend_on_workers_or_their_lifetime(tiny_synth_roo
 
 
 # ---------------------------------------------------------------------------
+# Decoding on the device
+# ---------------------------------------------------------------------------
+def _as_jpeg_dataset(root, target):
+    """The tiny SYNTH images re-encoded as JPEG bytes (same file names)."""
+    from PIL import Image
+    shutil.copytree(root / "dataset/SYNTH", target)
+    for path in target.rglob("*.png"):
+        Image.open(path).convert("RGB").save(path, format="JPEG", quality=95)
+    return target
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_device_decoding_matches_the_pil_path_within_one_grey_level(tiny_synth_root, tmp_path,
+                                                                    fmt, split):
+    images = tiny_synth_root / "dataset/SYNTH"
+    if fmt == "jpeg":
+        images = _as_jpeg_dataset(tiny_synth_root, tmp_path / "jpeg")
+    batches = []
+    for device in (None, torch.device("cpu")):
+        loader = get_data_loader(
+            {split: str(images)}, str(tiny_synth_root / "metadata/SYNTH"),
+            LoaderSettings(batch_size=4, workers=0, resize_size=72, crop_size=64,
+                           decode_device=device),
+            splits=(split,), generator=torch.Generator().manual_seed(3))[split]
+        batches.append(list(loader))
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    for (pil, labels_a, ids_a), (ours, labels_b, ids_b) in zip(*batches):
+        assert ids_a == ids_b and torch.equal(labels_a, labels_b)
+        # The same crops and flips (seeded per sample); resizing within one grey level.
+        grey_levels = ((pil - ours) * std).abs() * 255
+        assert grey_levels.max() <= 1.001 and grey_levels.mean() < 0.3
+
+
+def test_device_decoding_names_or_skips_a_corrupt_jpeg(tiny_synth_root, tmp_path):
+    images = _as_jpeg_dataset(tiny_synth_root, tmp_path / "jpeg")
+    metadata = tiny_synth_root / "metadata/SYNTH"
+    first = (metadata / "test/image_ids.txt").read_text().split()[0]
+    data = (images / first).read_bytes()
+    (images / first).write_bytes(data[:len(data) // 3])  # truncated JPEG
+    settings = dict(batch_size=4, workers=0, resize_size=72, crop_size=64,
+                    decode_device=torch.device("cpu"))
+    loader = get_data_loader({"test": str(images)}, str(metadata), LoaderSettings(**settings),
+                             splits=("test",))["test"]
+    with pytest.raises(ImageLoadError, match=first):
+        list(loader)
+    loader = get_data_loader({"test": str(images)}, str(metadata),
+                             LoaderSettings(**settings, skip_bad_images=True),
+                             splits=("test",))["test"]
+    ids = [i for _, _, batch_ids in loader for i in batch_ids]
+    assert first not in ids and len(ids) == len(loader.dataset) - 1
+
+
+# ---------------------------------------------------------------------------
 # The command line
 # ---------------------------------------------------------------------------
 def _argv(root, name, *extra):
@@ -282,7 +337,8 @@ def test_amp_channels_last_and_compile_on_the_cli(tiny_synth_root, tmp_path):
         close(a, b, "trained with --amp")
     # The same checkpoint scored each way.
     scored = {flags: run("b2", "--eval_only", "--model_structure", "b2", *flags)
-              for flags in [(), ("--channels_last",), ("--compile",), ("--amp",)]}
+              for flags in [(), ("--channels_last",), ("--compile",), ("--amp",),
+                            ("--decode_on_device",)]}
     reference = scored[()]
     assert reference["rows"] == plain["rows"]
     for flags in [("--channels_last",), ("--compile",)]:
@@ -292,6 +348,7 @@ def test_amp_channels_last_and_compile_on_the_cli(tiny_synth_root, tmp_path):
                 # the quantised box metrics do not move.
                 tolerance = 0.01 if key == "PxAP" else 0.0
                 assert abs(a[key] - b[key]) <= tolerance, (flags, a["method"], a["branch"], key)
-    for a, b in zip(reference["rows"], scored[("--amp",)]["rows"]):
-        close(a, b, "scored with --amp")
+    for flags in [("--amp",), ("--decode_on_device",)]:
+        for a, b in zip(reference["rows"], scored[flags]["rows"]):
+            close(a, b, flags)
     assert os.path.isfile(tmp_path / "train_log/b2_amp/last_checkpoint.pth.tar")

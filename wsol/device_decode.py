@@ -1,0 +1,126 @@
+"""Image decoding and transforms on the device (``--decode_on_device``).
+
+The loader's workers only read the files; the main process decodes the
+batch where the model runs -- JPEGs with ``torchvision.io.decode_jpeg``
+(nvJPEG on a GPU, batched), other formats with ``decode_image`` on the CPU
+-- and applies wsolevaluation's transforms there: train = resize to
+``resize_size`` squared, random crop ``crop_size``, random horizontal flip;
+eval = resize to ``crop_size`` squared; then ImageNet normalisation.  It frees
+the CPU cores for the box evaluator when JPEG decoding would otherwise be
+the bottleneck.
+
+Resizing is bilinear with antialiasing and rounded to uint8 like PIL's, so
+the images are close to the PIL path's (within about one grey level) but not
+bit-identical: results differ from the default path by float rounding.  Each
+training sample's crop and flip come from its AugmentationSeeds seed, as in
+the default path.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from data_loaders import IMAGENET_MEAN, IMAGENET_STD, ImageLoadError
+
+__all__ = ["DeviceDecoder", "DecodedLoader"]
+
+_JPEG_MAGIC = (0xFF, 0xD8)
+
+
+class DeviceDecoder:
+    """Turns a batch of encoded files into the model's normalised input."""
+
+    def __init__(self, device: torch.device, train: bool, resize_size: int, crop_size: int,
+                 skip_bad_images: bool = False):
+        self.device = torch.device(device)
+        self.train = train
+        self.resize_size = resize_size
+        self.crop_size = crop_size
+        self.skip_bad_images = skip_bad_images
+        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+
+    def decode(self, encoded: list[torch.Tensor], image_ids: list[str]
+               ) -> list[torch.Tensor | None]:
+        """uint8 [3, H, W] images on the device; None for an unreadable one
+        with ``skip_bad_images`` (otherwise ImageLoadError naming it)."""
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+        images: list[torch.Tensor | None] = [None] * len(encoded)
+        jpegs = [i for i, data in enumerate(encoded)
+                 if data.numel() > 2 and tuple(data[:2].tolist()) == _JPEG_MAGIC]
+        try:
+            decoded = decode_jpeg([encoded[i] for i in jpegs], mode=ImageReadMode.RGB,
+                                  device=self.device) if jpegs else []
+        except RuntimeError:  # find the bad file(s) one by one
+            decoded = [self._decode_one(lambda d: decode_jpeg(d, mode=ImageReadMode.RGB,
+                                                              device=self.device),
+                                        encoded[i], image_ids[i]) for i in jpegs]
+        for i, image in zip(jpegs, decoded):
+            images[i] = image
+        for i in set(range(len(encoded))) - set(jpegs):
+            image = self._decode_one(lambda d: decode_image(d, mode=ImageReadMode.RGB),
+                                     encoded[i], image_ids[i])
+            images[i] = None if image is None else image.to(self.device, non_blocking=True)
+        return images
+
+    def _decode_one(self, decode, data: torch.Tensor, image_id: str) -> torch.Tensor | None:
+        try:
+            return decode(data)
+        except RuntimeError as error:
+            if self.skip_bad_images:
+                return None
+            raise ImageLoadError(f"cannot decode image {image_id}: {error} (fix or remove "
+                                 f"it, or pass --skip_bad_images)") from None
+
+    def transform(self, image: torch.Tensor, seed: int) -> torch.Tensor:
+        """One decoded image -> [1, 3, crop, crop] float in [0, 1]."""
+        size = self.resize_size if self.train else self.crop_size
+        x = F.interpolate(image[None].float(), size=(size, size), mode="bilinear",
+                          align_corners=False, antialias=True)
+        x = x.round_().clamp_(0, 255)  # PIL hands uint8 to ToTensor
+        if self.train:
+            generator = torch.Generator().manual_seed(int(seed))
+            span = size - self.crop_size + 1
+            top = int(torch.randint(span, (), generator=generator))
+            left = int(torch.randint(span, (), generator=generator))
+            x = x[..., top:top + self.crop_size, left:left + self.crop_size]
+            if float(torch.rand((), generator=generator)) < 0.5:
+                x = x.flip(-1)
+        return x / 255
+
+    def __call__(self, encoded: list[torch.Tensor], image_ids: list[str],
+                 seeds: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """(normalised batch [B', 3, crop, crop] on the device, kept positions)."""
+        decoded = self.decode(encoded, image_ids)
+        kept = [i for i, image in enumerate(decoded) if image is not None]
+        if not kept:
+            return torch.empty(0, 3, self.crop_size, self.crop_size, device=self.device), kept
+        batch = torch.cat([self.transform(decoded[i], seeds[i]) for i in kept])
+        return (batch - self.mean) / self.std, kept
+
+
+class DecodedLoader:
+    """Wraps a DataLoader of encoded files: yields ``(images, labels, ids)``
+    like the default loader, with the images already on the decoder's device."""
+
+    def __init__(self, loader, decoder: DeviceDecoder):
+        self.loader = loader
+        self.decoder = decoder
+        self.dataset = loader.dataset
+        self.sampler = loader.sampler
+        self.batch_size = loader.batch_size
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if len(batch) == 3:  # every file of the batch was unreadable and skipped
+                yield batch
+                continue
+            encoded, labels, image_ids, seeds = batch
+            images, kept = self.decoder(encoded, image_ids, seeds)
+            if len(kept) < len(image_ids):
+                labels = labels[kept]
+                image_ids = [image_ids[i] for i in kept]
+            yield images, labels, image_ids
