@@ -166,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write box-accuracy-vs-threshold and PxAP precision-recall curves "
                         "under plots/<split>/")
     g.add_argument("--fidelity", action="store_true",
-                   help="also compute Average Drop, Increase in Confidence, insertion/deletion")
+                   help="also compute Average Drop and Increase in Confidence (softmax head)")
+    g.add_argument("--fidelity_steps", type=int, default=0, metavar="N",
+                   help="with --fidelity: also insertion/deletion AUC in N steps (costs "
+                        "2(N+1) forwards per image, method and branch)")
     g.add_argument("--scorecam_batch_size", type=int, default=32)
     g.add_argument("--scorecam_topk", type=int, default=None)
     g.add_argument("--smooth_samples", type=int, default=8)
@@ -203,6 +206,8 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         raise ConfigError("--epochs must be >= 0, --batch_size and --lr_decay_frequency >= 1")
     if not 0 < args.cam_curve_interval < 1:
         raise ConfigError("--cam_curve_interval must be in (0, 1)")
+    if args.fidelity_steps < 0 or (args.fidelity_steps and not args.fidelity):
+        raise ConfigError("--fidelity_steps N (N >= 1) goes with --fidelity")
     if args.prefetch_factor < 1:
         raise ConfigError("--prefetch_factor must be >= 1")
     if args.save_overlays < 0:

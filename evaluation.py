@@ -56,6 +56,7 @@ from data_loaders import (MetadataError, configure_metadata,
                           get_bounding_boxes, get_image_ids, get_image_sizes,
                           get_mask_paths)
 from wsol import _box_kernels as _kernels
+from wsol.cams import normalize_maps
 
 __all__ = [
     "make_threshold_list",
@@ -265,22 +266,14 @@ def normalize_scoremap(cam: np.ndarray) -> np.ndarray:
 def normalize_scoremaps(cams: torch.Tensor) -> torch.Tensor:
     """Batched :func:`normalize_scoremap` for a tensor (B, H, W) on any device.
 
-    A map containing NaN, or a constant map, becomes zeros.  To have NaN maps
-    *counted* by an evaluator, give the raw maps to
+    A map containing NaN or an infinite value, or a constant map, becomes
+    zeros (the same arithmetic as wsolevaluation otherwise).  To have NaN
+    maps *counted* by an evaluator, give the raw maps to
     ``accumulate_batch(..., normalized=False)`` instead.
     """
     if cams.dim() != 3:
         raise ValueError(f"expected maps of shape (B, H, W), got {tuple(cams.shape)}")
-    flat = cams.flatten(1)
-    bad = torch.isnan(flat).any(1)
-    clean = torch.where(bad[:, None], torch.zeros_like(flat), flat)
-    low = clean.amin(1, keepdim=True)
-    shifted = clean - low
-    high = shifted.amax(1, keepdim=True)
-    bad = bad | (high[:, 0] == 0)
-    out = shifted / torch.where(high > 0, high, torch.ones_like(high))
-    out = torch.where(bad[:, None], torch.zeros_like(out), out)
-    return out.view_as(cams)
+    return normalize_maps(cams)
 
 
 # --------------------------------------------------------------------------

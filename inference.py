@@ -25,9 +25,10 @@ from tqdm import tqdm
 from data_loaders import configure_metadata
 from evaluation import BoxEvaluator, MaskEvaluator, make_threshold_list
 from wsol.acceleration import Acceleration, autocast, to_device
-from wsol.cams import compute_cams_per_branch, evaluation_maps
+from wsol.cams import compute_cams_per_branch, evaluation_maps, normalize_maps
 from wsol.distributed import DistContext, all_reduce_sum
 from wsol.dual_branch import CAMModel
+from wsol.fidelity import FidelityEvaluator, insertion_deletion_auc, masked_images
 
 __all__ = ["EvalSettings", "CAMComputer"]
 
@@ -49,6 +50,7 @@ class EvalSettings:
     resize_length: int = 224
     scoremap_root: str | None = None
     fidelity: bool = False
+    fidelity_steps: int = 0           # > 0: insertion/deletion AUC with this many steps
     cam_kwargs: dict = field(default_factory=dict)
     show_progress: bool = True
     overlay_count: int = 0            # --save_overlays: images per (method, branch)
@@ -89,7 +91,6 @@ class CAMComputer:
                     resize_length=settings.resize_length)
         self.fidelity = {}
         if settings.fidelity:
-            from wsol.fidelity import FidelityEvaluator
             self.fidelity = {pair: FidelityEvaluator() for pair in self.pairs}
         self.overlays = None  # first N images and their maps, for --save_overlays
         if settings.overlay_count > 0 and settings.overlay_root and dist_ctx.is_main:
@@ -134,17 +135,21 @@ class CAMComputer:
             if first.logits_sigmoid is not None:
                 correct_sigmoid += (first.logits_sigmoid.argmax(1) == labels).sum()
             for branch, out in outputs.items():
-                # wsolevaluation resizes score maps with cv2.INTER_CUBIC; torch bicubic matches it.
-                maps = evaluation_maps(out, size, mode="bicubic")
+                # wsolevaluation resizes score maps with cv2.INTER_CUBIC; torch bicubic matches
+                # it.  The evaluators get them before normalisation, to count NaN maps.
+                resized = evaluation_maps(out, size, mode="bicubic", normalize=False)
+                maps = {method: normalize_maps(r) for method, r in resized.items()}
                 if self.overlays is not None:  # keeps only the first N images
                     self.overlays.add(branch, images, labels, out.logits.argmax(1),
                                       image_ids, maps)
                 for method in self.settings.methods:
                     pair = (method, branch)
                     if pair in self.box:
-                        self.box[pair].accumulate_batch(maps[method], image_ids, correct)
+                        self.box[pair].accumulate_batch(resized[method], image_ids, correct,
+                                                        normalized=False)
                     if pair in self.mask:
-                        self.mask[pair].accumulate_batch(maps[method], image_ids)
+                        self.mask[pair].accumulate_batch(resized[method], image_ids,
+                                                         normalized=False)
                     if pair in self.fidelity:
                         self._accumulate_fidelity(pair, images, maps[method], labels,
                                                   first.logits)
@@ -168,9 +173,13 @@ class CAMComputer:
                 "num_skipped_images": skipped, "rows": self._rows()}
 
     def _reduce_evaluators(self) -> None:
-        """Sum every rank's integer counts, so each rank holds the totals."""
+        """Sum every rank's integer counts (and fidelity sums), so each rank
+        holds the totals."""
         if not self.dist.enabled:
             return
+        for fidelity in self.fidelity.values():
+            fidelity.set_sums(all_reduce_sum(fidelity.sums(self.device).to(self.device),
+                                             self.dist))
         for evaluator in [*self.box.values(), *self.mask.values()]:
             own = evaluator.counts()
             delta = {}
@@ -181,15 +190,26 @@ class CAMComputer:
             evaluator.add_counts(delta)
 
     def _accumulate_fidelity(self, pair, images, maps, labels, logits) -> None:
-        # Scored with the softmax head, on the image multiplied by the map; the
+        # Scored with the softmax head (probabilities in float64, which do not
+        # underflow to 0), on the image multiplied by the map at its size; the
         # full image's scores are those of the CAM forward (``logits``).
-        with torch.no_grad(), autocast(self.device, self.settings.accel):
-            small = torch.nn.functional.interpolate(maps[:, None], size=images.shape[-2:],
-                                                    mode="bilinear", align_corners=False)
-            full = logits.float().softmax(1)
-            masked = self.model(images * small)["logits"].float().softmax(1)
-        index = labels[:, None]
-        self.fidelity[pair].accumulate(full.gather(1, index)[:, 0], masked.gather(1, index)[:, 0])
+        def probabilities(x: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device, self.settings.accel):
+                return self.model(x)["logits"].double().softmax(1)
+
+        with torch.no_grad():
+            saliency = torch.nn.functional.interpolate(
+                maps[:, None], size=images.shape[-2:], mode="bilinear",
+                align_corners=False)[:, 0]
+            full = logits.double().softmax(1)
+            masked = probabilities(masked_images(images, saliency))
+            index = labels[:, None]
+            self.fidelity[pair].accumulate(full.gather(1, index)[:, 0],
+                                           masked.gather(1, index)[:, 0])
+            if self.settings.fidelity_steps > 0:
+                auc = insertion_deletion_auc(probabilities, images, saliency, labels,
+                                             steps=self.settings.fidelity_steps)
+                self.fidelity[pair].accumulate_auc(auc["insertion"], auc["deletion"])
 
     def _rows(self) -> list[dict]:
         rows = []

@@ -112,14 +112,15 @@ def _torchrun(args, cwd):
 
 
 def test_torchrun_two_processes_train_and_evaluate_like_one(workspace):
-    base = tiny_argv(workspace, "single", "--epochs", "0", "--method", "cam,gradcam")
+    fidelity = ["--fidelity", "--fidelity_steps", "2"]
+    base = tiny_argv(workspace, "single", "--epochs", "0", "--method", "cam,gradcam", *fidelity)
     single = main.run(config.get_configs(base))
     ckpt = workspace / "train_log" / "single" / "last_checkpoint.pth.tar"
     # Evaluation of the same checkpoint: every image once, counts reduced -> identical.
     os.makedirs(workspace / "train_log" / "ddp_eval")
     shutil.copy(ckpt, workspace / "train_log" / "ddp_eval" / "last_checkpoint.pth.tar")
-    done = _torchrun(tiny_argv(workspace, "ddp_eval", "--eval_only", "--method", "cam,gradcam"),
-                     workspace)
+    done = _torchrun(tiny_argv(workspace, "ddp_eval", "--eval_only", "--method", "cam,gradcam",
+                               *fidelity), workspace)
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = json.loads((workspace / "train_log/ddp_eval/results_test.json").read_text())
     assert ddp["num_images"] == single["num_images"]
@@ -127,6 +128,11 @@ def test_torchrun_two_processes_train_and_evaluate_like_one(workspace):
     for a, b in zip(ddp["rows"], single["rows"]):
         for key in ("MaxBoxAccV2", "MaxBoxAcc", "GT-known Loc", "Top-1 Loc", "PxAP"):
             assert a[key] == b[key], key
+        # Fidelity sums are added up across ranks too (float64, summed in another order).
+        assert a["num_images"] == b["num_images"] == single["num_images"]
+        for key in ("Average Drop", "Increase in Confidence", "Insertion AUC", "Deletion AUC"):
+            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key
+        assert 0 <= b["Insertion AUC"] <= 1 and 0 <= b["Deletion AUC"] <= 1
     # One epoch of training under torchrun (gloo) writes one checkpoint from rank 0.
     done = _torchrun(tiny_argv(workspace, "ddp_train", "--epochs", "1"), workspace)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -134,3 +140,22 @@ def test_torchrun_two_processes_train_and_evaluate_like_one(workspace):
     assert trained["epoch"] == 1
     assert all(torch.isfinite(v.float()).all() for v in trained["state_dict"].values())
     assert os.path.exists(workspace / "train_log/ddp_train/results_test.json")
+
+
+def test_nan_maps_are_counted_as_nan_not_as_constant(workspace):
+    args = config.get_configs(tiny_argv(workspace, "nan", "--epochs", "0",
+                                        "--method", "cam,gradcam"))
+    model = main.build_model(args)
+    with torch.no_grad():
+        model.head_module.weight[0] = float("nan")  # every map explaining class 0 is NaN
+    results = main.evaluate(args, model, torch.device("cpu"))
+    labels = (workspace / "metadata/SYNTH/test/class_labels.txt").read_text().split()
+    class0 = sum(line.split(",")[1] == "0" for line in labels)
+    assert class0 > 0
+    cam, gradcam = results["rows"]
+    assert cam["num_nan_maps"] == class0
+    assert cam["num_constant_maps"] <= results["num_images"] - class0
+    # The head's backward multiplies by every class weight (0 * NaN = NaN), so
+    # every Grad-CAM map is NaN, and counted so.
+    assert gradcam["num_nan_maps"] == results["num_images"]
+    assert gradcam["num_constant_maps"] == 0

@@ -603,11 +603,12 @@ def normalize_maps(maps: Tensor) -> Tensor:
 
 
 def evaluation_maps(output: CAMOutput | dict[str, Tensor], size: tuple[int, int],
-                    mode: str = "bilinear") -> dict[str, Tensor]:
+                    mode: str = "bilinear", normalize: bool = True) -> dict[str, Tensor]:
     """Evaluation-ready maps (SPEC §3): per method its final ReLU where its
     definition has one, resize to ``size`` (``mode``, align_corners=False),
     min-max normalisation per map, constant or NaN maps -> zeros.  Values
-    in [0, 1], float32, [B, *size]."""
+    in [0, 1], float32, [B, *size].  ``normalize=False`` stops before the
+    normalisation (for evaluators that normalise, and count NaN maps)."""
     maps = output.maps if isinstance(output, CAMOutput) else output
     if mode not in ("bilinear", "bicubic", "nearest", "area"):
         raise ValueError(f"unsupported resize mode {mode!r}")
@@ -622,5 +623,5 @@ def evaluation_maps(output: CAMOutput | dict[str, Tensor], size: tuple[int, int]
             raw = raw.clamp_min(0)  # NaN stays NaN, so such a map still becomes zeros
         resized = F.interpolate(raw[:, None], size=tuple(size), mode=mode,
                                 align_corners=align_corners)[:, 0]
-        result[name] = normalize_maps(resized)
+        result[name] = normalize_maps(resized) if normalize else resized
     return result

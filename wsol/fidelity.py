@@ -142,59 +142,76 @@ class FidelityEvaluator:
     (o), for Average Drop and Increase in Confidence.
     ``accumulate_auc(insertion, deletion)``: per-image AUCs from
     :func:`insertion_deletion_auc`.
-    Sums are kept in float64 on the host, so evaluators can be merged.
+    Sums are float64 tensors on the device of the scores (nothing is read
+    back per batch); ``state_dict`` / ``merge`` combine evaluators and
+    ``sums`` / ``set_sums`` let processes add theirs up.
     """
 
+    KEYS = ("drop_sum", "num_increase", "num_confidence", "insertion_sum", "deletion_sum",
+            "num_auc", "num_invalid")
+
     def __init__(self) -> None:
-        self.drop_sum = 0.0
-        self.num_increase = 0
-        self.num_confidence = 0
-        self.insertion_sum = 0.0
-        self.deletion_sum = 0.0
-        self.num_auc = 0
+        self._sums: torch.Tensor | None = None
+
+    def sums(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The running sums (float64, in ``KEYS`` order); zeros if empty."""
+        if self._sums is None:
+            return torch.zeros(len(self.KEYS), dtype=torch.float64, device=device)
+        return self._sums
+
+    def set_sums(self, sums: torch.Tensor) -> None:
+        self._sums = sums.to(torch.float64)
+
+    def _add(self, device: torch.device, **values) -> None:
+        update = torch.zeros(len(self.KEYS), dtype=torch.float64, device=device)
+        for key, value in values.items():
+            update[self.KEYS.index(key)] = value  # a device copy, not a read-back
+        self._sums = update if self._sums is None else self._sums + update.to(self._sums.device)
 
     def accumulate(self, scores_full: torch.Tensor, scores_masked: torch.Tensor) -> None:
         y = torch.as_tensor(scores_full).detach().double().flatten()
         o = torch.as_tensor(scores_masked).detach().double().flatten().to(y.device)
         if y.shape != o.shape:
             raise ValueError(f"got {y.numel()} full and {o.numel()} masked scores")
-        if bool((y <= 0).any()):
+        invalid = y <= 0
+        if not y.is_cuda and bool(invalid.any()):
             raise ValueError("full-image scores must be > 0 (probabilities)")
-        drop = torch.clamp(y - o, min=0) / y
-        self.drop_sum += float(drop.sum())
-        self.num_increase += int((o > y).sum())
-        self.num_confidence += y.numel()
+        drop = torch.where(invalid, 0.0, torch.clamp(y - o, min=0) / torch.where(invalid, 1.0, y))
+        self._add(y.device, drop_sum=drop.sum(), num_increase=(o > y).sum(),
+                  num_confidence=y.numel(), num_invalid=invalid.sum())
 
     def accumulate_auc(self, insertion: torch.Tensor, deletion: torch.Tensor) -> None:
         insertion = torch.as_tensor(insertion).detach().double().flatten()
-        deletion = torch.as_tensor(deletion).detach().double().flatten()
+        deletion = torch.as_tensor(deletion).detach().double().flatten().to(insertion.device)
         if insertion.shape != deletion.shape:
             raise ValueError("insertion and deletion need one value per image each")
-        self.insertion_sum += float(insertion.sum())
-        self.deletion_sum += float(deletion.sum())
-        self.num_auc += insertion.numel()
+        self._add(insertion.device, insertion_sum=insertion.sum(),
+                  deletion_sum=deletion.sum(), num_auc=insertion.numel())
 
     def state_dict(self) -> dict[str, float | int]:
-        return {"drop_sum": self.drop_sum, "num_increase": self.num_increase,
-                "num_confidence": self.num_confidence,
-                "insertion_sum": self.insertion_sum,
-                "deletion_sum": self.deletion_sum, "num_auc": self.num_auc}
+        values = self.sums().tolist()
+        return {key: int(v) if key.startswith("num_") else v
+                for key, v in zip(self.KEYS, values)}
 
     def merge(self, other: "FidelityEvaluator | dict") -> None:
         state = other.state_dict() if isinstance(other, FidelityEvaluator) else other
-        for key, value in state.items():
-            setattr(self, key, getattr(self, key) + value)
+        device = self._sums.device if self._sums is not None else "cpu"
+        self._add(torch.device(device), **{k: float(state.get(k, 0)) for k in self.KEYS})
 
     def compute(self) -> dict[str, float]:
         """Average Drop and Increase in Confidence in percent, mean insertion
         and deletion AUC in [0, 1]; NaN for what was never accumulated."""
         nan = math.nan
-        n, m = self.num_confidence, self.num_auc
+        state = self.state_dict()
+        if state["num_invalid"]:
+            raise ValueError(f"{state['num_invalid']} full-image score(s) were <= 0; "
+                             "scores must be probabilities of the class")
+        n, m = state["num_confidence"], state["num_auc"]
         return {
-            "Average Drop": 100.0 * self.drop_sum / n if n else nan,
-            "Increase in Confidence": 100.0 * self.num_increase / n if n else nan,
-            "Insertion AUC": self.insertion_sum / m if m else nan,
-            "Deletion AUC": self.deletion_sum / m if m else nan,
+            "Average Drop": 100.0 * state["drop_sum"] / n if n else nan,
+            "Increase in Confidence": 100.0 * state["num_increase"] / n if n else nan,
+            "Insertion AUC": state["insertion_sum"] / m if m else nan,
+            "Deletion AUC": state["deletion_sum"] / m if m else nan,
             "num_images": n,
             "num_auc_images": m,
         }
