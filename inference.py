@@ -190,24 +190,26 @@ class CAMComputer:
             evaluator.add_counts(delta)
 
     def _accumulate_fidelity(self, pair, images, maps, labels, logits) -> None:
-        # Scored with the softmax head (probabilities in float64, which do not
-        # underflow to 0), on the image multiplied by the map at its size; the
-        # full image's scores are those of the CAM forward (``logits``).
-        def probabilities(x: torch.Tensor) -> torch.Tensor:
+        # Scored with the softmax head on the image multiplied by the map at
+        # its size, in log space (an overconfident model's probabilities
+        # underflow to 0 even in float64); the full image's scores are those
+        # of the CAM forward (``logits``).
+        def log_probabilities(x: torch.Tensor) -> torch.Tensor:
             with autocast(self.device, self.settings.accel):
-                return self.model(x)["logits"].double().softmax(1)
+                return self.model(x)["logits"].double().log_softmax(1)
 
         with torch.no_grad():
             saliency = torch.nn.functional.interpolate(
                 maps[:, None], size=images.shape[-2:], mode="bilinear",
                 align_corners=False)[:, 0]
-            full = logits.double().softmax(1)
-            masked = probabilities(masked_images(images, saliency))
+            full = logits.double().log_softmax(1)
+            masked = log_probabilities(masked_images(images, saliency))
             index = labels[:, None]
             self.fidelity[pair].accumulate(full.gather(1, index)[:, 0],
-                                           masked.gather(1, index)[:, 0])
+                                           masked.gather(1, index)[:, 0], log_space=True)
             if self.settings.fidelity_steps > 0:
-                auc = insertion_deletion_auc(probabilities, images, saliency, labels,
+                auc = insertion_deletion_auc(lambda x: log_probabilities(x).exp(), images,
+                                             saliency, labels,
                                              steps=self.settings.fidelity_steps)
                 self.fidelity[pair].accumulate_auc(auc["insertion"], auc["deletion"])
 

@@ -104,3 +104,20 @@ def test_masked_images_and_evaluator_auc():
 def test_rejects_mismatched_saliency():
     with pytest.raises(ValueError):
         insertion_deletion_auc(mean_score, IMAGE, torch.rand(1, 3, 2), torch.tensor([0]))
+
+
+def test_log_space_scores_survive_vanishing_probabilities():
+    full, masked = torch.tensor([0.8, 0.5, 0.3]), torch.tensor([0.4, 0.6, 0.3])
+    plain, logs = FidelityEvaluator(), FidelityEvaluator()
+    plain.accumulate(full, masked)
+    logs.accumulate(full.log(), masked.log(), log_space=True)
+    for key in ("Average Drop", "Increase in Confidence", "num_images"):
+        assert logs.compute()[key] == pytest.approx(plain.compute()[key])
+    # exp(-1000) is 0 even in float64; in log space the ratio is still exp(-2): drop 1 - e^-2.
+    deep = FidelityEvaluator()
+    deep.accumulate(torch.tensor([-1000.0, -5.0]), torch.tensor([-1002.0, float("nan")]),
+                    log_space=True)
+    result = deep.compute()
+    assert result["num_images"] == 1 and result["num_invalid_scores"] == 1
+    assert result["Average Drop"] == pytest.approx(100 * (1 - math.exp(-2)))
+    assert result["Increase in Confidence"] == 0.0

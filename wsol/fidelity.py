@@ -168,17 +168,32 @@ class FidelityEvaluator:
             update[self.KEYS.index(key)] = value  # a device copy, not a read-back
         self._sums = update if self._sums is None else self._sums + update.to(self._sums.device)
 
-    def accumulate(self, scores_full: torch.Tensor, scores_masked: torch.Tensor) -> None:
+    def accumulate(self, scores_full: torch.Tensor, scores_masked: torch.Tensor,
+                   log_space: bool = False) -> None:
+        """Scores of the class on the full and on the masked images:
+        probabilities, or with ``log_space`` log-probabilities (then a
+        vanishing probability is no problem: ``o / y = exp(log o - log y)``).
+
+        Probabilities must be > 0; on the CPU a zero raises ValueError at
+        once.  Otherwise an invalid score (zero probability, non-finite
+        log-probability) leaves its image out of both averages and is
+        counted in ``num_invalid_scores``."""
         y = torch.as_tensor(scores_full).detach().double().flatten()
         o = torch.as_tensor(scores_masked).detach().double().flatten().to(y.device)
         if y.shape != o.shape:
             raise ValueError(f"got {y.numel()} full and {o.numel()} masked scores")
-        invalid = y <= 0
-        if not y.is_cuda and bool(invalid.any()):
-            raise ValueError("full-image scores must be > 0 (probabilities)")
-        drop = torch.where(invalid, 0.0, torch.clamp(y - o, min=0) / torch.where(invalid, 1.0, y))
-        self._add(y.device, drop_sum=drop.sum(), num_increase=(o > y).sum(),
-                  num_confidence=y.numel(), num_invalid=invalid.sum())
+        if log_space:
+            invalid = ~(torch.isfinite(y) & torch.isfinite(o))
+            ratio = torch.exp(o - y)
+        else:
+            invalid = ~(y > 0) | torch.isnan(o)
+            if not y.is_cuda and bool(invalid.any()):
+                raise ValueError("full-image scores must be > 0 (probabilities)")
+            ratio = o / torch.where(invalid, 1.0, y)
+        valid = ~invalid
+        drop = torch.where(valid, torch.clamp(1 - ratio, min=0), 0.0)
+        self._add(y.device, drop_sum=drop.sum(), num_increase=((o > y) & valid).sum(),
+                  num_confidence=valid.sum(), num_invalid=invalid.sum())
 
     def accumulate_auc(self, insertion: torch.Tensor, deletion: torch.Tensor) -> None:
         insertion = torch.as_tensor(insertion).detach().double().flatten()
@@ -203,9 +218,6 @@ class FidelityEvaluator:
         and deletion AUC in [0, 1]; NaN for what was never accumulated."""
         nan = math.nan
         state = self.state_dict()
-        if state["num_invalid"]:
-            raise ValueError(f"{state['num_invalid']} full-image score(s) were <= 0; "
-                             "scores must be probabilities of the class")
         n, m = state["num_confidence"], state["num_auc"]
         return {
             "Average Drop": 100.0 * state["drop_sum"] / n if n else nan,
@@ -214,4 +226,5 @@ class FidelityEvaluator:
             "Deletion AUC": state["deletion_sum"] / m if m else nan,
             "num_images": n,
             "num_auc_images": m,
+            "num_invalid_scores": state["num_invalid"],
         }
