@@ -447,3 +447,19 @@ def test_bench_throughput_runs_small_and_reports_every_ratio(tmp_path, capsys):
     assert saved["results"][0]["architecture"] == "resnet18" and saved["amp"] is False
     with pytest.raises(SystemExit):
         bench.parse_args(["--data", "cloud"])
+
+
+@pytest.mark.parametrize("script,args,expected", [
+    ("bench_eval.py", ["--num_maps", "8", "--cam_curve_interval", "0.01", "--repeats", "1",
+                       "--ref_repeats", "1"],
+     "identical counts (MaxBoxAcc V1/V2 curves, GT-known/Top-1 Loc): True"),
+    ("bench_cams.py", ["--archs", "resnet18", "--batch_size", "2", "--size", "32",
+                       "--num_classes", "10", "--repeats", "1", "--warmup", "0", "--extra",
+                       "--scorecam_topk", "2", "--smooth_samples", "2"],
+     "together / fwd+bwd (train) = "),
+])
+def test_the_other_benchmarks_run_small(script, args, expected):
+    done = subprocess.run([sys.executable, os.path.join(SCRIPTS, script), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert expected in done.stdout
