@@ -46,7 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "branch, and score CAMs of both branches with the wsolevaluation protocol. "
                     "With no arguments, runs the CPU demo on the built-in SYNTH dataset.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add = p.add_argument
 
     g = p.add_argument_group("experiment")
     g.add_argument("--experiment_name", default="test_case",

@@ -18,7 +18,8 @@ import torch.nn as nn
 
 from wsol.dual_branch import CAMModel
 
-__all__ = ["Acceleration", "autocast", "prepare_model", "to_device", "compiled_blocks"]
+__all__ = ["Acceleration", "amp_supported", "autocast", "check_amp", "compiled_blocks",
+           "prepare_model", "to_device"]
 
 log = logging.getLogger(__name__)
 
