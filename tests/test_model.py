@@ -1,11 +1,9 @@
 """The architectures, the dual-branch wrapper, the loss and checkpoints."""
-import os
 import pickle
 
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torchvision
 
 from wsol.architectures import build_architecture
