@@ -214,16 +214,12 @@ class WSOLImageLabelDataset(Dataset):
             with Image.open(path) as image:
                 image = image.convert("RGB")
         except (OSError, ValueError) as error:
-            if self.skip_bad_images:
-                return None  # dropped by skip_none_collate, counted by the caller
-            raise ImageLoadError(f"cannot read image {path}: {error} "
-                                 f"(fix or remove it, or pass --skip_bad_images)") from None
+            return bad_image(f"cannot read image {path}: {error}", self.skip_bad_images)
         if seed is None:
             return self.transform(image), self.image_labels[image_id], image_id
         with torch.random.fork_rng(devices=[]):  # leaves the process's own stream alone
             torch.manual_seed(seed)
             return self.transform(image), self.image_labels[image_id], image_id
-
 
     def _encoded(self, path: str, image_id: str, seed: int | None):
         try:
@@ -232,10 +228,7 @@ class WSOLImageLabelDataset(Dataset):
             if not data:
                 raise OSError("empty file")
         except OSError as error:
-            if self.skip_bad_images:
-                return None
-            raise ImageLoadError(f"cannot read image {path}: {error} "
-                                 f"(fix or remove it, or pass --skip_bad_images)") from None
+            return bad_image(f"cannot read image {path}: {error}", self.skip_bad_images)
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         return encoded, self.image_labels[image_id], image_id, -1 if seed is None else seed
 
@@ -284,6 +277,17 @@ def skip_none_collate(batch: list):
 
 class ImageLoadError(OSError):
     """An image file is missing, truncated or not an image."""
+
+
+def bad_image(problem: str, skip: bool) -> None:
+    """An unreadable image: None with ``--skip_bad_images`` (the item is
+    dropped by skip_none_collate and counted by the caller), otherwise one
+    clear ImageLoadError."""
+    if skip:
+        return None
+    error = ImageLoadError(f"{problem} (fix or remove it, or pass --skip_bad_images)")
+    error.__suppress_context__ = True  # raised from an except block: `from None`
+    raise error
 
 
 @dataclass(frozen=True)

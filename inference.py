@@ -118,6 +118,8 @@ class CAMComputer:
         seen = 0
         bar = tqdm(self.loader, desc="evaluate", leave=False,
                    disable=not self.settings.show_progress)
+        needs_normalised = bool(self.overlays is not None or self.fidelity
+                                or self.settings.scoremap_root)
         for images, labels, image_ids in bar:
             if labels.numel() == 0:  # every image of the batch was unreadable and skipped
                 continue
@@ -138,7 +140,10 @@ class CAMComputer:
                 # wsolevaluation resizes score maps with cv2.INTER_CUBIC; torch bicubic matches
                 # it.  The evaluators get them before normalisation, to count NaN maps.
                 resized = evaluation_maps(out, size, mode="bicubic", normalize=False)
-                maps = {method: normalize_maps(r) for method, r in resized.items()}
+                # Normalised copies only for what needs them (the evaluators normalise
+                # as they quantise).
+                maps = ({method: normalize_maps(r) for method, r in resized.items()}
+                        if needs_normalised else {})
                 if self.overlays is not None:  # keeps only the first N images
                     self.overlays.add(branch, images, labels, out.logits.argmax(1),
                                       image_ids, maps)
@@ -159,7 +164,8 @@ class CAMComputer:
         totals = torch.stack([correct_softmax, correct_sigmoid,
                               torch.tensor(seen, device=self.device),
                               torch.tensor(len(self.loader.sampler), device=self.device)])
-        correct_softmax, correct_sigmoid, seen, expected = all_reduce_sum(totals, self.dist).tolist()
+        totals = all_reduce_sum(totals, self.dist).tolist()
+        correct_softmax, correct_sigmoid, seen, expected = totals
         self._reduce_evaluators()
         if self.overlays is not None:
             self.overlays.write(self.settings.overlay_root)

@@ -95,8 +95,9 @@ def prepare_model(model: CAMModel, device: torch.device, accel: Acceleration) ->
     its blocks in place.  Parameter names (and so checkpoints) are unchanged."""
     model = model.to(device, memory_format=accel.memory_format)
     if accel.compile:
-        for name in compiled_blocks(model):
+        names = compiled_blocks(model)
+        for name in names:
             model.model.get_submodule(name).compile()
         log.info("compiled %d blocks of %s (first calls are slow while they compile)",
-                 len(compiled_blocks(model)), model.architecture)
+                 len(names), model.architecture)
     return model

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from data_loaders import IMAGENET_MEAN, IMAGENET_STD, ImageLoadError
+from data_loaders import IMAGENET_MEAN, IMAGENET_STD, bad_image
 
 __all__ = ["DeviceDecoder", "DecodedLoader"]
 
@@ -67,10 +67,7 @@ class DeviceDecoder:
         try:
             return decode(data)
         except RuntimeError as error:
-            if self.skip_bad_images:
-                return None
-            raise ImageLoadError(f"cannot decode image {image_id}: {error} (fix or remove "
-                                 f"it, or pass --skip_bad_images)") from None
+            return bad_image(f"cannot decode image {image_id}: {error}", self.skip_bad_images)
 
     def transform(self, image: torch.Tensor, seed: int) -> torch.Tensor:
         """One decoded image -> [1, 3, crop, crop] float in [0, 1]."""
