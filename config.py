@@ -1,8 +1,13 @@
 """Command-line arguments and experiment folders.
 
-Flags follow wsolevaluation and the method's public code, so their commands
-run unchanged (``--epoch``, ``--gpus 0``, ``--large_feature_map FALSE``,
-``--wsol_method cam``, ``--wandb_name``, ``--project``...).
+Flags keep the meaning they have in wsolevaluation and in the method's public
+code, so their commands run unchanged: ``--root`` is the experiment root
+(experiments are ``<root>/<experiment_name>``), images are under
+``<data_root>/<dataset_name>``, metadata under
+``<metadata_root>/<dataset_name>/<split>``; ``--epoch``, ``--gpus 0``,
+``--large_feature_map FALSE``, ``--wsol_method cam``, ``--wandb_name``,
+``--project`` are accepted.  Where this toolkit deliberately differs, the
+flag's help says so.
 """
 from __future__ import annotations
 
@@ -14,16 +19,20 @@ import shutil
 import sys
 from typing import Sequence
 
+from wsol.architectures import architecture_names, get_spec, network_for
+from wsol.cams import CAM_METHODS, parse_methods
+from wsol.dual_branch import FROZEN_MODES
+from wsol.replay import REPLAYS, RunChoices, resolve_choices
+
 __all__ = ["DATASET_NUM_CLASSES", "get_configs", "build_parser", "configure_log_folder",
-           "ConfigError", "str2bool"]
+           "ConfigError", "str2bool", "explicit_flags", "checkpoint_path"]
 
 DATASET_NUM_CLASSES = {"CUB": 200, "ILSVRC": 1000, "OpenImages": 100, "CARS": 196, "SYNTH": 10}
 # Datasets scored with boxes, with masks (PxAP), or both.
 BOX_DATASETS = ("CUB", "ILSVRC", "CARS", "SYNTH")
 MASK_DATASETS = ("OpenImages", "SYNTH")
-ARCHITECTURE_NAMES = ("vgg16", "resnet18", "resnet50", "inception_v3",
-                      "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf", "shufflenet_v2_x0_5")
 MODEL_STRUCTURES = ("vanilla", "b2")
+NETWORK_TYPES = ("auto", "cam", "gradcam")
 
 
 class ConfigError(ValueError):
@@ -40,29 +49,39 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"boolean value expected, got {value!r}")
 
 
+def _default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Dual-branch sigmoid CAM: train a vanilla model, fine-tune its sigmoid "
                     "branch, and score CAMs of both branches with the wsolevaluation protocol. "
                     "With no arguments, runs the CPU demo on the built-in SYNTH dataset.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    flag = str2bool
 
     g = p.add_argument_group("experiment")
     g.add_argument("--experiment_name", default="test_case",
-                   help="folder name under --log_root holding checkpoints, log and results")
-    g.add_argument("--log_root", default="train_log", help="parent folder of experiment folders")
-    g.add_argument("--override_cache", type=str2bool, nargs="?", const=True, default=False,
+                   help="the experiment folder's name, under --root")
+    g.add_argument("--root", "--log_root", dest="root", default="train_log",
+                   help="experiment root: the experiment folder is <root>/<experiment_name> "
+                        "(as in the public code, whose default is experiment/ILSVRC)")
+    g.add_argument("--override_cache", type=flag, nargs="?", const=True, default=False,
                    help="allow training into an existing experiment folder (it is emptied)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0,
+                   help="random seed (the public code's is 42, which --replay public_code sets)")
     g.add_argument("--resume", action="store_true",
                    help="continue an interrupted training run from its last checkpoint")
-    g.add_argument("--workers", type=int, default=4, help="data-loading processes")
+    g.add_argument("--workers", type=int, default=_default_workers(),
+                   help="data-loading processes (default: min(4, CPU cores))")
     g.add_argument("--gpus", default=None,
                    help="GPU index (e.g. 0); without CUDA the CPU is used with a warning")
     g.add_argument("--demo", action="store_true",
                    help="run the SYNTH demo (what `python main.py` with no arguments does)")
     g.add_argument("--wandb", default="off", choices=("off", "offline", "online", "on"),
-                   help="Weights & Biases logging; 'on' = online. Never fails the run.")
+                   help="Weights & Biases logging; 'on' = online. Never fails the run "
+                        "(the public code's default is on)")
     g.add_argument("--wandb_name", default=None, help="wandb run name")
     g.add_argument("--project", default="dual-branch-cam", help="wandb project")
 
@@ -70,15 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset_name", default="SYNTH", choices=tuple(DATASET_NUM_CLASSES))
     g.add_argument("--data_root", default="dataset/",
                    help="images of dataset D are under <data_root>/D")
-    g.add_argument("--root", default=None,
-                   help="the dataset's image folder itself (overrides <data_root>/<dataset_name>)")
     g.add_argument("--metadata_root", default="metadata/",
                    help="metadata of dataset D is under <metadata_root>/D/<split>")
     g.add_argument("--mask_root", default=None,
                    help="masks of dataset D are under <mask_root>/D (default: --data_root)")
     g.add_argument("--num_classes", type=int, default=None,
                    help="default: 200 CUB, 1000 ILSVRC, 100 OpenImages, 196 CARS, 10 SYNTH")
-    g.add_argument("--proxy_training_set", type=str2bool, nargs="?", const=True, default=False)
+    g.add_argument("--proxy_training_set", type=flag, nargs="?", const=True, default=False)
     g.add_argument("--skip_bad_images", action="store_true",
                    help="skip unreadable images (counted in the results) instead of failing")
     g.add_argument("--num_val_sample_per_class", type=int, default=0,
@@ -87,32 +104,68 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crop_size", type=int, default=224)
 
     g = p.add_argument_group("model")
-    g.add_argument("--architecture", default="resnet50", choices=ARCHITECTURE_NAMES)
-    g.add_argument("--large_feature_map", type=str2bool, nargs="?", const=True, default=False)
+    g.add_argument("--architecture", default="resnet50", metavar="NAME",
+                   help="one of: " + ", ".join(architecture_names()))
+    g.add_argument("--network_type", default="auto", choices=NETWORK_TYPES,
+                   help="cam: the CAM networks (vgg16 = VGG16-CAM ...); gradcam: the networks "
+                        "the public code trains for a gradient --method (vgg16 -> "
+                        "vgg16_gradcam, inception_v3 -> inception_v3_gradcam; resnet50 is "
+                        "both); auto: cam when --method includes cam, else gradcam (the "
+                        "public code's rule)")
+    g.add_argument("--large_feature_map", type=flag, nargs="?", const=True, default=False)
     g.add_argument("--model_structure", default=None, choices=MODEL_STRUCTURES,
                    help="vanilla: one softmax head; b2: add and fine-tune the sigmoid branch "
-                        "fc2 (default: b2 when --ft_ckpt is given, else vanilla)")
+                        "(default: b2 when --ft_ckpt is given, else vanilla)")
     g.add_argument("--ft_ckpt", default=None,
-                   help="vanilla checkpoint to start from ({'state_dict': ...}, keys may "
-                        "carry 'module.'); for b2 the sigmoid branch is added to it")
-    g.add_argument("--pretrained_path", default=None,
-                   help="local torchvision ImageNet .pth to initialise a vanilla backbone")
+                   help="vanilla checkpoint to start from ({'state_dict': ...} or a plain "
+                        "state_dict, keys may carry 'module.'); for b2 the branch is added "
+                        "to it (the public code ignores it for ILSVRC's Grad-CAM VGG16 and "
+                        "loads torchvision's VGG16: pass that file here to do the same)")
+    g.add_argument("--pretrained", type=flag, nargs="?", const=True, default=False,
+                   help="initialise from ImageNet weights: --pretrained_path, else "
+                        "torchvision's cache ($TORCH_HOME/hub/checkpoints) or timm's; "
+                        "nothing is downloaded (the public code's default is TRUE and "
+                        "downloads)")
+    g.add_argument("--pretrained_path", default=None, metavar="FILE|DIR",
+                   help="ImageNet weights (a torchvision .pth, or a folder holding it); "
+                        "implies --pretrained")
     g.add_argument("--unfreeze_layer", default="fc2",
-                   help="comma-separated parameter-name prefixes trained in b2 fine-tuning")
+                   help="b2 fine-tuning trains these comma-separated parameter-name prefixes; "
+                        "fc2 = the sigmoid branch whatever its name (SPG_A4_2, classifier_2, "
+                        "head2), all = everything")
     g.add_argument("--sigmoid_init", default="clone", choices=("clone", "random"),
-                   help="clone the softmax head (paper) or N(0,0.01) init (public code)")
+                   help="clone the softmax head (the paper) or initialise it as the public "
+                        "code does (random)")
+    g.add_argument("--frozen_mode", default="eval", choices=FROZEN_MODES,
+                   help="b2 fine-tuning: eval keeps the frozen part in eval mode (BatchNorm "
+                        "statistics, no dropout); public_code leaves it in train mode as the "
+                        "public code does (BatchNorm batch statistics, dropout on)")
+    g.add_argument("--cam_layer", default=None,
+                   help="module whose output is the CAM activation (default: the "
+                        "architecture's)")
+    g.add_argument("--head", default=None,
+                   help="the classification head module (default: the architecture's)")
+    g.add_argument("--replay", default="none", choices=tuple(REPLAYS),
+                   help="public_code: every choice of the method's public code at once "
+                        "(random branch init, --frozen_mode public_code, bilinear gradient "
+                        "maps, --first_box_only, its threshold list and fidelity, seed 42); "
+                        "flags given explicitly still win")
     g.add_argument("--wsol_method", default="cam", choices=("cam",),
                    help="wsolevaluation's WSOL training method; only plain CAM training")
 
     g = p.add_argument_group("training")
     g.add_argument("--epochs", "--epoch", dest="epochs", type=int, default=10)
     g.add_argument("--batch_size", type=int, default=32)
-    g.add_argument("--lr", type=float, default=0.003)
+    g.add_argument("--lr", type=float, default=0.003,
+                   help="learning rate of the feature part; the rest trains at lr x "
+                        "--lr_classifier_ratio (wsolevaluation's groups, which the published "
+                        "recipes mean: with it the VGG16 and InceptionV3 sigmoid branch trains "
+                        "at 10 x lr, the ResNet one at lr; see lr_schedule.json)")
     g.add_argument("--lr_decay_frequency", type=int, default=3,
-                   help="multiply the learning rate by 0.1 every this many epochs")
+                   help="multiply the learning rate by 0.1 before epochs f, 2f, ... (1-based, "
+                        "as the public code: f=3 decays at epochs 3, 6, 9)")
     g.add_argument("--lr_classifier_ratio", type=float, default=10.0,
-                   help="vanilla training: the head's lr is lr x this ratio; b2 fine-tuning "
-                        "trains only the branch, at lr")
+                   help="learning-rate factor of the classifier part")
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight_decay", type=float, default=1e-4)
 
@@ -137,11 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip_eval", action="store_true",
                    help="train only; score later with --eval_only (the run scripts do this)")
     g.add_argument("--eval_checkpoint_type", default="last",
-                   help="checkpoint file prefix in the experiment folder: last, epoch3, ...")
+                   help="checkpoint file prefix in the experiment folder: last, or an epoch "
+                        "number (3 or epoch3)")
     g.add_argument("--split", default="test", choices=("val", "test"),
                    help="split scored after training / with --eval_only")
     g.add_argument("--method", "--methods", dest="method", default="cam,gradcam",
-                   help="CAM method(s), comma-separated, or 'all'")
+                   help="CAM method(s), comma-separated, or 'all': " + ", ".join(CAM_METHODS))
     g.add_argument("--cam_branch", default=None,
                    help="softmax, sigmoid or softmax,sigmoid (default: sigmoid for b2, "
                         "softmax for vanilla)")
@@ -149,12 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ablation: keep negative sigmoid-branch channel weights")
     g.add_argument("--cam_curve_interval", type=float, default=0.001,
                    help="threshold step of the box/mask accuracy curves")
-    g.add_argument("--multi_contour_eval", type=str2bool, nargs="?", const=True, default=True)
+    g.add_argument("--multi_contour_eval", type=flag, nargs="?", const=True, default=True)
     g.add_argument("--iou_threshold_list", type=int, nargs="+", default=[30, 50, 70])
     g.add_argument("--loc_threshold", type=float, default=0.2,
                    help="CAM threshold of GT-known Loc and Top-1 Loc")
     g.add_argument("--first_box_only", action="store_true",
                    help="GT-known/Top-1 Loc against the first GT box (public code's variant)")
+    g.add_argument("--map_style", default="wsolevaluation",
+                   choices=("wsolevaluation", "public_code"),
+                   help="public_code: gradient-method maps ReLU'd, min-max normalised and "
+                        "resized bilinearly, as the public code's Grad-CAM library")
+    g.add_argument("--threshold_list", default="wsolevaluation",
+                   choices=("wsolevaluation", "public_code"),
+                   help="CAM thresholds: arange(0, 1, interval) (wsolevaluation) or the public "
+                        "code's rounded list ending at 1.0")
     g.add_argument("--save_scoremaps", action="store_true",
                    help="write each map as .npy under scoremaps/<split>/<method>_<branch>/")
     g.add_argument("--save_overlays", type=int, default=0, metavar="N",
@@ -165,7 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write box-accuracy-vs-threshold and PxAP precision-recall curves "
                         "under plots/<split>/")
     g.add_argument("--fidelity", action="store_true",
-                   help="also compute Average Drop and Increase in Confidence (softmax head)")
+                   help="also compute Average Drop and Increase in Confidence")
+    g.add_argument("--fidelity_protocol", default="softmax_head",
+                   choices=("softmax_head", "public_code"),
+                   help="softmax_head: the softmax head's scores of the GT class; public_code: "
+                        "Table 1's (softmax over the branch's logits, the predicted class)")
     g.add_argument("--fidelity_steps", type=int, default=0, metavar="N",
                    help="with --fidelity: also insertion/deletion AUC in N steps (costs "
                         "2(N+1) forwards per image, method and branch)")
@@ -176,8 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def finalize(args: argparse.Namespace) -> argparse.Namespace:
-    """Derived settings and checks that need several flags at once."""
+# Flags a replay sets unless given explicitly, and the RunChoices field of each.
+_CHOICE_FLAGS = {"sigmoid_init": "sigmoid_init", "frozen_mode": "frozen_mode",
+                 "map_style": "map_style", "first_box_only": "first_box_only",
+                 "threshold_list": "threshold_list", "fidelity_protocol": "fidelity",
+                 "seed": "seed"}
+
+
+def explicit_flags(argv: Sequence[str]) -> set[str]:
+    """The destinations of the flags given on the command line."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    namespace, _ = parser.parse_known_args(list(argv))
+    return set(vars(namespace))
+
+
+def finalize(args: argparse.Namespace, given: set[str] | None = None) -> argparse.Namespace:
+    """Derived settings and checks that need several flags at once; ``given``:
+    the flags given explicitly (they win over --replay)."""
+    given = set() if given is None else given
     if args.wandb == "on":
         args.wandb = "online"
     if args.num_classes is None:
@@ -186,7 +270,33 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         args.model_structure = "b2" if args.ft_ckpt else "vanilla"
     if args.mask_root is None:
         args.mask_root = args.data_root
-    args.image_root = args.root or os.path.join(args.data_root, args.dataset_name)
+    if args.pretrained_path:
+        args.pretrained = True
+    try:
+        args.methods = parse_methods(args.method)
+    except ValueError as error:
+        raise ConfigError(f"--method: {error}") from None
+    network_type = args.network_type
+    if network_type == "auto":
+        network_type = "cam" if "cam" in args.methods else "gradcam"
+    args.network = network_for(args.architecture, network_type)
+    args.log_folder = os.path.join(args.root, args.experiment_name)
+    if args.eval_only:
+        _adopt_recorded_settings(args, given)
+    args.choices = resolve_choices(args.replay, **{
+        field: getattr(args, dest) for dest, field in _CHOICE_FLAGS.items() if dest in given})
+    args.sigmoid_init = args.choices.sigmoid_init
+    args.frozen_mode = args.choices.frozen_mode
+    args.map_style = args.choices.map_style
+    args.first_box_only = args.choices.first_box_only
+    args.threshold_list = args.choices.threshold_list
+    args.fidelity_protocol = args.choices.fidelity
+    args.seed = args.choices.seed
+    try:
+        get_spec(args.network, args.crop_size)
+    except ValueError as error:
+        raise ConfigError(f"--architecture: {error}") from None
+    args.image_root = os.path.join(args.data_root, args.dataset_name)
     args.dataset_mask_root = os.path.join(args.mask_root, args.dataset_name)
     args.split_metadata_root = os.path.join(args.metadata_root, args.dataset_name)
     if args.cam_branch is None:
@@ -200,41 +310,103 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
             raise ConfigError("--cam_branch sigmoid needs a dual-branch model: "
                               "add --model_structure b2")
     args.unfreeze_layers = tuple(s.strip() for s in args.unfreeze_layer.split(",") if s.strip())
-    args.log_folder = os.path.join(args.log_root, args.experiment_name)
-    if args.epochs < 0 or args.batch_size < 1 or args.lr_decay_frequency < 1:
-        raise ConfigError("--epochs must be >= 0, --batch_size and --lr_decay_frequency >= 1")
+    for name, value, low in (("--epochs", args.epochs, 0), ("--batch_size", args.batch_size, 1),
+                             ("--lr_decay_frequency", args.lr_decay_frequency, 1),
+                             ("--workers", args.workers, 0),
+                             ("--prefetch_factor", args.prefetch_factor, 1),
+                             ("--save_overlays", args.save_overlays, 0),
+                             ("--fidelity_steps", args.fidelity_steps, 0)):
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
     if not 0 < args.cam_curve_interval < 1:
         raise ConfigError("--cam_curve_interval must be in (0, 1)")
-    if args.fidelity_steps < 0 or (args.fidelity_steps and not args.fidelity):
-        raise ConfigError("--fidelity_steps N (N >= 1) goes with --fidelity")
-    if args.prefetch_factor < 1:
-        raise ConfigError("--prefetch_factor must be >= 1")
-    if args.save_overlays < 0:
-        raise ConfigError("--save_overlays must be >= 0 (images per method and branch)")
+    if args.fidelity_steps and not args.fidelity:
+        raise ConfigError("--fidelity_steps N goes with --fidelity")
     return args
 
 
+# Model settings a checkpoint records (wsol.checkpoint.MODEL_SETTINGS) that
+# --eval_only takes from it: the flag (argparse destination) of each.
+_RECORDED_FLAGS = {"architecture": "architecture", "num_classes": "num_classes",
+                   "model_structure": "model_structure",
+                   "large_feature_map": "large_feature_map", "crop_size": "crop_size",
+                   "resize_size": "resize_size", "cam_layer": "cam_layer", "head": "head",
+                   "replay": "replay"}
+
+
+def _adopt_recorded_settings(args: argparse.Namespace, given: set[str]) -> None:
+    """--eval_only: the model is rebuilt as the checkpoint (and its experiment's
+    config.json) record it; an explicit flag that contradicts them is an error
+    naming both, a default is replaced silently (it was never the user's)."""
+    from wsol.checkpoint import CheckpointError, check_settings, recorded_settings
+    path = checkpoint_path(args.log_folder, args.eval_checkpoint_type)
+    if not os.path.isfile(path):
+        return  # reported when the checkpoint is loaded
+    try:
+        recorded = recorded_settings(path)
+    except CheckpointError:
+        return  # an unreadable checkpoint is reported when it is loaded
+    try:
+        explicit = {key: getattr(args, dest) for key, dest in _RECORDED_FLAGS.items()
+                    if dest in given}
+        if "architecture" in explicit:
+            explicit["architecture"] = args.network
+        # --architecture vgg16 names VGG16 whichever of its networks was trained,
+        # unless --network_type says which.
+        same_backbone = (lambda a, b: a == b) if "network_type" in given else (
+            lambda a, b: network_for(a, "cam") == network_for(b, "cam"))
+        check_settings(path, recorded, explicit, {"architecture": same_backbone})
+    except CheckpointError as error:
+        raise ConfigError(str(error)) from None
+    for key, dest in _RECORDED_FLAGS.items():
+        if key in recorded and recorded[key] is not None:
+            setattr(args, dest, recorded[key])
+    if "architecture" in recorded:
+        args.network = recorded["architecture"]
+        args.architecture = network_for(args.network, "cam")
+
+
 def get_configs(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    return finalize(build_parser().parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return finalize(build_parser().parse_args(argv), explicit_flags(argv))
 
 
-def configure_log_folder(args: argparse.Namespace) -> str:
-    """Create the experiment folder for training; never silently overwrite one."""
+def checkpoint_path(log_folder: str, prefix: str) -> str:
+    """``<folder>/<prefix>_checkpoint.pth.tar``; an epoch is ``3`` (the public
+    code's name) or ``epoch3``."""
+    if prefix.startswith("epoch") and prefix[5:].isdigit():
+        prefix = prefix[5:]
+    return os.path.join(log_folder, f"{prefix}_checkpoint.pth.tar")
+
+
+def configure_log_folder(args: argparse.Namespace) -> tuple[str, bool]:
+    """The experiment folder, and whether this run created it.  Training never
+    silently overwrites a folder that holds checkpoints or results; a folder
+    left by a run that failed before its first checkpoint is reused."""
     folder = args.log_folder
     if getattr(args, "resume", False) and not args.eval_only:
-        if not os.path.isfile(os.path.join(folder, "last_checkpoint.pth.tar")):
+        if not os.path.isfile(checkpoint_path(folder, "last")):
             raise ConfigError(f"--resume: {folder} has no last_checkpoint.pth.tar to resume from")
-        return folder
+        return folder, False
+    existed = os.path.isdir(folder)
     if args.eval_only:
         os.makedirs(folder, exist_ok=True)
-        return folder
-    if os.path.isdir(folder) and os.listdir(folder):
+        return folder, not existed
+    if existed and holds_results(folder):
         if not args.override_cache:
             raise ConfigError(f"experiment folder {folder} exists: choose another "
                               f"--experiment_name or pass --override_cache to replace it")
+    if existed:
         shutil.rmtree(folder)
     os.makedirs(folder, exist_ok=True)
-    return folder
+    return folder, True
+
+
+def holds_results(folder: str) -> bool:
+    """Whether a folder holds checkpoints or results (not just a failed run's log)."""
+    return any(name.endswith((".pth.tar", ".json")) and name not in ("config.json",
+                                                                      "lr_schedule.json")
+               for name in os.listdir(folder))
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -270,5 +442,6 @@ def configure_logging(log_folder: str | None) -> None:
 def save_config(args: argparse.Namespace, path: str) -> None:
     plain = {k: v for k, v in vars(args).items()
              if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
+    plain["choices"] = args.choices.as_dict() if isinstance(args.choices, RunChoices) else None
     with open(path, "w") as f:
         json.dump(plain, f, indent=2, sort_keys=True)

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+
+from wsol.architectures import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "MetadataError",
@@ -39,8 +41,6 @@ __all__ = [
     "IMAGENET_STD",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _SPLITS = ("train", "val", "test")
 
 
@@ -301,13 +301,18 @@ class LoaderSettings:
     skip_bad_images: bool = False
     prefetch_factor: int = 4   # batches per worker prepared ahead
     decode_device: torch.device | None = None  # decode and transform there (--decode_on_device)
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # the network's input normalisation
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
-def get_transforms(split: str, resize_size: int, crop_size: int):
+def get_transforms(split: str, resize_size: int, crop_size: int,
+                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
     """wsolevaluation's transforms: train = resize, random crop, flip; eval =
-    resize straight to the crop size (the whole image is seen)."""
+    resize straight to the crop size (the whole image is seen); then the
+    network's normalisation (ImageNet's, or e.g. 0.5 for the DeiT-Tiny of the
+    method's earlier code)."""
     from torchvision import transforms as T
-    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    normalize = T.Normalize(mean, std)
     if split == "train":
         return T.Compose([
             T.Resize((resize_size, resize_size)),
@@ -333,11 +338,12 @@ def get_data_loader(data_roots: dict[str, str], metadata_root: str,
     for split in splits:
         if not os.path.isdir(data_roots[split]):
             raise MetadataError(f"image folder not found: {data_roots[split]} "
-                                f"(check --data_root or --root)")
+                                f"(check --data_root: images of dataset D are under <data_root>/D)")
         dataset = WSOLImageLabelDataset(
             data_root=data_roots[split],
             metadata_root=os.path.join(metadata_root, split),
-            transform=(get_transforms(split, settings.resize_size, settings.crop_size)
+            transform=(get_transforms(split, settings.resize_size, settings.crop_size,
+                                      settings.mean, settings.std)
                        if settings.decode_device is None else None),
             proxy=settings.proxy_training_set and split == "train",
             num_sample_per_class=(settings.num_val_sample_per_class
@@ -369,5 +375,5 @@ def get_data_loader(data_roots: dict[str, str], metadata_root: str,
             from wsol.device_decode import DecodedLoader, DeviceDecoder
             loaders[split] = DecodedLoader(loaders[split], DeviceDecoder(
                 settings.decode_device, train, settings.resize_size, settings.crop_size,
-                settings.skip_bad_images))
+                settings.skip_bad_images, settings.mean, settings.std))
     return loaders

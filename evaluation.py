@@ -92,14 +92,21 @@ _FLUSH_SIZE = 256
 # wsolevaluation's helpers
 # --------------------------------------------------------------------------
 
-def make_threshold_list(interval: float) -> list[float]:
-    """CAM thresholds as wsolevaluation builds them: ``arange(0, 1, interval)``.
+def make_threshold_list(interval: float, style: str = "wsolevaluation") -> list[float]:
+    """CAM thresholds as wsolevaluation builds them: ``arange(0, 1, interval)``;
+    ``style="public_code"``: as the method's public code builds them,
+    ``round(i * interval, 3)`` for ``i = 0 .. 1/interval`` (1.0 included).
 
-    Kept as that exact expression: the floating-point values decide which
-    integer level each threshold maps to.
+    Kept as those exact expressions: the floating-point values decide which
+    integer level each threshold maps to (e.g. 0.2 * 5 is 1 while the arange
+    value just below 0.2 gives 0).
     """
     if not interval > 0:
         raise ValueError(f"cam_curve_interval must be > 0, got {interval}")
+    if style == "public_code":
+        return [round(i * interval, 3) for i in range(int(1 / interval) + 1)]
+    if style != "wsolevaluation":
+        raise ValueError(f"unknown threshold list style {style!r}")
     return list(np.arange(0, 1, interval))
 
 

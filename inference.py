@@ -25,12 +25,19 @@ from tqdm import tqdm
 from data_loaders import configure_metadata
 from evaluation import BoxEvaluator, MaskEvaluator, make_threshold_list
 from wsol.acceleration import Acceleration, autocast, to_device
+from wsol.architectures import IMAGENET_MEAN, IMAGENET_STD
 from wsol.cams import compute_cams_per_branch, evaluation_maps, normalize_maps
 from wsol.distributed import DistContext, all_reduce_sum
 from wsol.dual_branch import CAMModel
 from wsol.fidelity import FidelityEvaluator, insertion_deletion_auc, masked_images
 
 __all__ = ["EvalSettings", "CAMComputer"]
+
+_BRANCH_KEYS = {"softmax": "logits", "sigmoid": "logits_sigmoid"}
+
+
+def _branch_logits(out, branch: str) -> torch.Tensor:
+    return out.logits if branch == "softmax" else out.logits_sigmoid
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +56,17 @@ class EvalSettings:
     first_box_only: bool = False
     resize_length: int = 224
     scoremap_root: str | None = None
+    map_style: str = "wsolevaluation"       # or "public_code" (wsol.cams.evaluation_maps)
+    threshold_list: str = "wsolevaluation"  # or "public_code" (evaluation.make_threshold_list)
     fidelity: bool = False
     fidelity_steps: int = 0           # > 0: insertion/deletion AUC with this many steps
+    fidelity_protocol: str = "softmax_head"  # or "public_code" (Table 1's definition)
     cam_kwargs: dict = field(default_factory=dict)
     show_progress: bool = True
     overlay_count: int = 0            # --save_overlays: images per (method, branch)
     overlay_root: str | None = None   # where they go (<log_folder>/overlays/<split>)
     accel: Acceleration = field(default_factory=Acceleration)  # --amp, --channels_last
+    normalization: tuple = (IMAGENET_MEAN, IMAGENET_STD)  # the images' (for the overlays)
 
 
 class CAMComputer:
@@ -70,7 +81,7 @@ class CAMComputer:
         self.settings = settings
         self.device = device
         metadata = configure_metadata(metadata_root)
-        thresholds = make_threshold_list(settings.cam_curve_interval)
+        thresholds = make_threshold_list(settings.cam_curve_interval, settings.threshold_list)
         self.pairs = [(m, b) for b in settings.branches for m in settings.methods]
         self.box = {}
         self.mask = {}
@@ -99,7 +110,8 @@ class CAMComputer:
                 settings.overlay_count, metadata, mask_root, dataset_name, model.num_classes,
                 settings.loc_threshold, settings.resize_length, boxes=settings.box_metrics,
                 masks=settings.mask_metrics,
-                gt_boxes=next(iter(self.box.values())).gt_bboxes if self.box else None)
+                gt_boxes=next(iter(self.box.values())).gt_bboxes if self.box else None,
+                normalization=settings.normalization)
 
     def _save(self, maps: torch.Tensor, image_ids: Sequence[str], method: str, branch: str) -> None:
         folder = os.path.join(self.settings.scoremap_root, f"{method}_{branch}")
@@ -132,14 +144,17 @@ class CAMComputer:
                     self.settings.branches, clamp=self.settings.clamp,
                     **self.settings.cam_kwargs)
             first = outputs[self.settings.branches[0]]
-            correct = first.logits.argmax(1) == labels  # the softmax head classifies
+            predicted = first.logits.argmax(1)
+            correct = predicted == labels  # the softmax head classifies
             correct_softmax += correct.sum()
             if first.logits_sigmoid is not None:
                 correct_sigmoid += (first.logits_sigmoid.argmax(1) == labels).sum()
+            fidelity_maps = self._fidelity_maps(images, predicted, size)
             for branch, out in outputs.items():
                 # wsolevaluation resizes score maps with cv2.INTER_CUBIC; torch bicubic matches
                 # it.  The evaluators get them before normalisation, to count NaN maps.
-                resized = evaluation_maps(out, size, mode="bicubic", normalize=False)
+                resized = evaluation_maps(out, size, normalize=False,
+                                          style=self.settings.map_style)
                 # Normalised copies only for what needs them (the evaluators normalise
                 # as they quantise).
                 maps = ({method: normalize_maps(r) for method, r in resized.items()}
@@ -156,8 +171,13 @@ class CAMComputer:
                         self.mask[pair].accumulate_batch(resized[method], image_ids,
                                                          normalized=False)
                     if pair in self.fidelity:
-                        self._accumulate_fidelity(pair, images, maps[method], labels,
-                                                  first.logits)
+                        if fidelity_maps is None:
+                            self._accumulate_fidelity(pair, images, maps[method], labels,
+                                                      first.logits, "logits")
+                        else:
+                            self._accumulate_fidelity(
+                                pair, images, fidelity_maps[branch][method], predicted,
+                                _branch_logits(first, branch), _BRANCH_KEYS[branch])
                     if self.settings.scoremap_root:
                         self._save(maps[method], image_ids, method, branch)
             seen += labels.shape[0]
@@ -195,14 +215,28 @@ class CAMComputer:
                 delta[key] = (total - local).numpy()
             evaluator.add_counts(delta)
 
-    def _accumulate_fidelity(self, pair, images, maps, labels, logits) -> None:
-        # Scored with the softmax head on the image multiplied by the map at
-        # its size, in log space (an overconfident model's probabilities
-        # underflow to 0 even in float64); the full image's scores are those
-        # of the CAM forward (``logits``).
+    def _fidelity_maps(self, images, predicted, size) -> dict | None:
+        """Table 1's fidelity (``fidelity_protocol="public_code"``) scores maps of
+        the softmax head's predicted class: one more pass for them."""
+        if not self.fidelity or self.settings.fidelity_protocol != "public_code":
+            return None
+        with autocast(self.device, self.settings.accel):
+            outputs = compute_cams_per_branch(
+                self.model, images, predicted, self.settings.methods, self.settings.branches,
+                clamp=self.settings.clamp, **self.settings.cam_kwargs)
+        return {branch: {method: normalize_maps(r) for method, r in evaluation_maps(
+                    out, size, normalize=False, style=self.settings.map_style).items()}
+                for branch, out in outputs.items()}
+
+    def _accumulate_fidelity(self, pair, images, maps, classes, logits, key) -> None:
+        # Scored on the image multiplied by the map at its size, with the
+        # softmax of the ``key`` logits (the softmax head's, or Table 1's
+        # softmax over the sigmoid branch's), in log space (an overconfident
+        # model's probabilities underflow to 0 even in float64); the full
+        # image's scores are those of the CAM forward (``logits``).
         def log_probabilities(x: torch.Tensor) -> torch.Tensor:
             with autocast(self.device, self.settings.accel):
-                return self.model(x)["logits"].double().log_softmax(1)
+                return self.model(x)[key].double().log_softmax(1)
 
         with torch.no_grad():
             saliency = torch.nn.functional.interpolate(
@@ -210,12 +244,12 @@ class CAMComputer:
                 align_corners=False)[:, 0]
             full = logits.double().log_softmax(1)
             masked = log_probabilities(masked_images(images, saliency))
-            index = labels[:, None]
+            index = classes[:, None]
             self.fidelity[pair].accumulate(full.gather(1, index)[:, 0],
                                            masked.gather(1, index)[:, 0], log_space=True)
             if self.settings.fidelity_steps > 0:
                 auc = insertion_deletion_auc(lambda x: log_probabilities(x).exp(), images,
-                                             saliency, labels,
+                                             saliency, classes,
                                              steps=self.settings.fidelity_steps)
                 self.fidelity[pair].accumulate_auc(auc["insertion"], auc["deletion"])
 
@@ -237,9 +271,8 @@ class CAMComputer:
 
 
 if __name__ == "__main__":
-    # python inference.py --ckpt CKPT --image photo.jpg --method gradcam: one
-    # image's overlay (see wsol/single_image.py).
     import sys
 
-    from wsol.single_image import main as single_image_main
-    sys.exit(single_image_main(sys.argv[1:]))
+    print("the single-image tool is explain.py: python explain.py --ckpt CKPT --image FILE",
+          file=sys.stderr)
+    sys.exit(2)

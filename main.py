@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from typing import Sequence
@@ -17,51 +18,57 @@ import torch
 import config
 from config import ConfigError
 from data_loaders import ImageLoadError, LoaderSettings, MetadataError, get_data_loader
-from wsol.architectures import build_architecture
+from config import checkpoint_path
 from wsol.acceleration import Acceleration, check_amp, prepare_model
-from wsol.checkpoint import (CheckpointError, export_state_dict, load_into_cam_model,
-                             load_torchvision_pretrained, save_checkpoint)
+from wsol.architectures import ArchitectureSpec, build_cam_model, get_spec
+from wsol.cams import ModelCheckError
+from wsol.checkpoint import (MODEL_SETTINGS, CheckpointError, export_state_dict,
+                             find_pretrained, link_checkpoint, load_into_cam_model,
+                             load_pretrained, save_checkpoint)
 from wsol.distributed import DistContext, ShardSampler, init_distributed
 from wsol.dual_branch import CAMModel
 from wsol.runtime import Tracker, resolve_device, rng_state, seed_everything, set_rng_state
-from wsol.training import OptimConfig, build_optimizer, build_scheduler, train_one_epoch
+from wsol.training import (OptimConfig, build_optimizer, build_scheduler, lr_schedule,
+                           train_one_epoch)
 
 log = logging.getLogger("main")
 
 TABLE_COLUMNS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP")
 
 
-def checkpoint_path(log_folder: str, prefix: str) -> str:
-    return os.path.join(log_folder, f"{prefix}_checkpoint.pth.tar")
-
-
-def build_model(args) -> CAMModel:
-    """The vanilla architecture, initialised from --pretrained_path/--ft_ckpt,
-    with the sigmoid branch added for b2."""
-    base, spec = build_architecture(args.architecture, args.num_classes, args.large_feature_map)
-    model = CAMModel(base, spec.feature_layer, spec.head, args.architecture)
-    if args.pretrained_path:
-        load_torchvision_pretrained(model, args.pretrained_path)
-        log.info("backbone initialised from %s", args.pretrained_path)
-    if args.ft_ckpt and not args.eval_only:
+def build_model(args) -> tuple[CAMModel, ArchitectureSpec]:
+    """The architecture, initialised from --ft_ckpt (or ImageNet weights with
+    --pretrained), with the sigmoid branch added for b2."""
+    model, spec = build_cam_model(args.network, args.num_classes, args.large_feature_map,
+                                  args.crop_size, args.cam_layer, args.head)
+    training = not args.eval_only
+    if training and args.ft_ckpt:
         load_into_cam_model(model, args.ft_ckpt)
         log.info("vanilla weights loaded from %s", args.ft_ckpt)
+    elif training and args.pretrained:
+        path = find_pretrained(spec, args.pretrained_path)
+        load_pretrained(model, spec, path)
+        log.info("initialised from the ImageNet weights %s", path)
     if args.model_structure == "b2":
-        if not args.ft_ckpt and not args.eval_only:
+        if training and not (args.ft_ckpt or args.pretrained):
             raise ConfigError("--model_structure b2 fine-tunes the sigmoid branch of a trained "
-                              "vanilla model: pass its checkpoint with --ft_ckpt")
+                              "vanilla model: pass its checkpoint with --ft_ckpt (or "
+                              "--pretrained to start from ImageNet weights)")
         model.add_sigmoid_branch(args.sigmoid_init)
-        model.freeze_backbone(args.unfreeze_layers)
-    return model
+        model.freeze_backbone(args.unfreeze_layers, args.frozen_mode)
+    return model, spec
 
 
 def checkpoint_payload(model: CAMModel, args, epoch: int, optimizer, scheduler,
                        generator: torch.Generator) -> dict:
-    return {"state_dict": export_state_dict(model), "architecture": args.architecture,
-            "num_classes": args.num_classes, "model_structure": args.model_structure,
-            "large_feature_map": args.large_feature_map, "epoch": epoch,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": rng_state(generator)}
+    """Weights, training state, and the settings that rebuild the model
+    (``--eval_only`` and explain.py read them)."""
+    payload = {"state_dict": export_state_dict(model), "epoch": epoch,
+               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+               "rng": rng_state(generator)}
+    payload.update({k: getattr(args, k) for k in MODEL_SETTINGS if k != "architecture"})
+    payload["architecture"] = args.network
+    return payload
 
 
 def acceleration(args, device: torch.device) -> Acceleration:
@@ -70,14 +77,15 @@ def acceleration(args, device: torch.device) -> Acceleration:
 
 
 def loader_settings(args, train: bool, device: torch.device) -> LoaderSettings:
+    spec = get_spec(args.network, args.crop_size)
     return LoaderSettings(args.batch_size, args.workers, args.resize_size, args.crop_size,
                           args.proxy_training_set and train, args.num_val_sample_per_class,
                           args.skip_bad_images, args.prefetch_factor,
-                          device if args.decode_on_device else None)
+                          device if args.decode_on_device else None, spec.mean, spec.std)
 
 
-def train(args, model: CAMModel, device: torch.device, tracker: Tracker,
-          generator: torch.Generator, ctx: DistContext = DistContext(),
+def train(args, model: CAMModel, spec: ArchitectureSpec, device: torch.device,
+          tracker: Tracker, generator: torch.Generator, ctx: DistContext = DistContext(),
           accel: Acceleration = Acceleration()) -> None:
     sampler_factory = None
     forward = model
@@ -95,8 +103,14 @@ def train(args, model: CAMModel, device: torch.device, tracker: Tracker,
         sampler_factory=sampler_factory)
     cfg = OptimConfig(args.lr, args.momentum, args.weight_decay, args.lr_classifier_ratio,
                       args.lr_decay_frequency)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, spec.lr_rule)
     scheduler = build_scheduler(optimizer, cfg)
+    schedule = lr_schedule(model, cfg, spec.lr_rule, args.epochs)
+    if ctx.is_main:
+        write_json(schedule, os.path.join(args.log_folder, "lr_schedule.json"))
+        for group in schedule["groups"] if args.epochs else ():
+            log.info("lr by epoch %s for %s", " ".join(f"{lr:.3g}" for lr in group["lr"]),
+                     ", ".join(group["params"]))
     first_epoch = 1
     if args.resume:
         first_epoch = resume_training(args, model, optimizer, scheduler, generator) + 1
@@ -113,8 +127,9 @@ def train(args, model: CAMModel, device: torch.device, tracker: Tracker,
             continue
         tracker.log({**stats, "lr": optimizer.param_groups[0]["lr"]}, step=epoch)
         payload = checkpoint_payload(model, args, epoch, optimizer, scheduler, generator)
-        save_checkpoint(payload, checkpoint_path(args.log_folder, f"epoch{epoch}"))
-        save_checkpoint(payload, checkpoint_path(args.log_folder, "last"))
+        path = checkpoint_path(args.log_folder, str(epoch))
+        save_checkpoint(payload, path)
+        link_checkpoint(path, checkpoint_path(args.log_folder, "last"))
     if args.epochs == 0 and ctx.is_main:
         save_checkpoint(checkpoint_payload(model, args, 0, optimizer, scheduler, generator),
                         checkpoint_path(args.log_folder, "last"))
@@ -141,11 +156,7 @@ def load_for_evaluation(args, model: CAMModel) -> str:
     """Load the checkpoint that --eval_only scores; fail at once if missing."""
     path = checkpoint_path(args.log_folder, args.eval_checkpoint_type)
     if os.path.isfile(path):
-        checkpoint = load_into_cam_model(model, path)
-        arch = checkpoint.get("architecture")
-        if arch and arch != args.architecture:
-            raise CheckpointError(f"{path} is a {arch} checkpoint, not {args.architecture}: "
-                                  f"pass --architecture {arch}")
+        load_into_cam_model(model, path)
         return path
     if args.model_structure == "vanilla" and args.ft_ckpt:
         load_into_cam_model(model, args.ft_ckpt)
@@ -157,9 +168,8 @@ def load_for_evaluation(args, model: CAMModel) -> str:
 def evaluate(args, model: CAMModel, device: torch.device,
              ctx: DistContext = DistContext(), accel: Acceleration = Acceleration()) -> dict:
     from inference import CAMComputer, EvalSettings
-    from wsol.cams import parse_methods
 
-    methods = parse_methods(args.method)
+    methods = args.methods
     loader = get_data_loader(
         {args.split: args.image_root}, args.split_metadata_root,
         loader_settings(args, False, device),
@@ -175,7 +185,11 @@ def evaluate(args, model: CAMModel, device: torch.device,
         cam_curve_interval=args.cam_curve_interval, iou_threshold_list=args.iou_threshold_list,
         multi_contour_eval=args.multi_contour_eval, loc_threshold=args.loc_threshold,
         first_box_only=args.first_box_only, scoremap_root=scoremap_root,
+        map_style=args.map_style, threshold_list=args.threshold_list,
         fidelity=args.fidelity, fidelity_steps=args.fidelity_steps,
+        fidelity_protocol=args.fidelity_protocol,
+        normalization=(get_spec(args.network, args.crop_size).mean,
+                       get_spec(args.network, args.crop_size).std),
         show_progress=sys.stderr.isatty() and ctx.is_main, accel=accel,
         overlay_count=getattr(args, "save_overlays", 0),
         overlay_root=os.path.join(args.log_folder, "overlays", args.split),
@@ -188,8 +202,9 @@ def evaluate(args, model: CAMModel, device: torch.device,
                            device, ctx)
     results = computer.compute_and_evaluate()
     results.update({"experiment": args.experiment_name, "dataset": args.dataset_name,
-                    "architecture": args.architecture, "model_structure": args.model_structure,
-                    "split": args.split})
+                    "architecture": args.network, "model_structure": args.model_structure,
+                    "split": args.split, "choices": args.choices.as_dict(),
+                    "replay": args.replay})
     return results
 
 
@@ -217,16 +232,28 @@ def write_json(payload: dict, path: str) -> None:
 
 def run(args) -> dict | None:
     """Train (unless --eval_only) and evaluate one experiment.  Under torchrun
-    every rank computes; only rank 0 writes files and logs."""
+    every rank computes; only rank 0 writes files and logs.  A run that fails
+    before its first checkpoint removes the folder it created."""
     ctx = init_distributed()
+    folder, created = None, False
     if ctx.is_main:
-        folder = config.configure_log_folder(args)
+        folder, created = config.configure_log_folder(args)
         config.configure_logging(folder)
         config.save_config(args, os.path.join(folder, "config.json" if not args.eval_only
                                               else "config_eval.json"))
     else:
         config.configure_logging(None)
         logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return _run(args, ctx)
+    except BaseException:
+        if created and not config.holds_results(folder):
+            config.configure_logging(None)  # release log.log before removing it
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _run(args, ctx: DistContext) -> dict | None:
     _barrier(ctx)
     device = (torch.device("cuda", ctx.local_rank) if ctx.enabled and torch.cuda.is_available()
               else resolve_device(args.gpus))
@@ -237,7 +264,8 @@ def run(args) -> dict | None:
             ensure_synth(args.data_root, args.metadata_root, args.mask_root)
         _barrier(ctx)
     accel = acceleration(args, device)
-    model = prepare_model(build_model(args), device, accel)
+    model, spec = build_model(args)
+    model = prepare_model(model, device, accel)
     tracker = Tracker(args.wandb if ctx.is_main else "off", args.project,
                       args.wandb_name or args.experiment_name,
                       {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool))},
@@ -246,17 +274,17 @@ def run(args) -> dict | None:
         if args.eval_only:
             log.info("evaluating %s", load_for_evaluation(args, model))
         else:
-            train(args, model, device, tracker, generator, ctx, accel)
+            train(args, model, spec, device, tracker, generator, ctx, accel)
         if getattr(args, "skip_eval", False):
             return None
         start = time.perf_counter()
         results = evaluate(args, model, device, ctx, accel)
         results["eval_seconds"] = time.perf_counter() - start
         if ctx.is_main:
+            print(format_table(results))
             write_json(results, os.path.join(args.log_folder, f"results_{args.split}.json"))
             tracker.log({f"{r['method']}/{r['branch']}/{k}": v for r in results["rows"]
                          for k, v in r.items() if isinstance(v, float)})
-            print(format_table(results))
             if getattr(args, "plots", False) or getattr(args, "save_overlays", 0):
                 from wsol.visualize import write_pictures
                 write_pictures(args, results, tracker)
@@ -278,9 +306,9 @@ DEMO_COMMON = ["--dataset_name", "SYNTH", "--architecture", "resnet18",
                "--method", "cam,gradcam"]
 DEMO_VANILLA = ["--experiment_name", "demo_vanilla", "--model_structure", "vanilla",
                 "--epochs", "6", "--lr", "0.05", "--lr_classifier_ratio", "1",
-                "--lr_decay_frequency", "5", "--weight_decay", "1e-4"]
+                "--lr_decay_frequency", "6", "--weight_decay", "1e-4"]
 DEMO_B2 = ["--experiment_name", "demo_b2", "--model_structure", "b2", "--override_cache",
-           "--epochs", "3", "--lr", "0.01", "--lr_decay_frequency", "3",
+           "--epochs", "3", "--lr", "0.01", "--lr_decay_frequency", "4",
            "--weight_decay", "1e-4", "--cam_branch", "softmax,sigmoid",
            "--save_overlays", "8", "--plots"]  # the pictures README shows
 
@@ -312,7 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         run(config.get_configs(argv))
         return 0
-    except (ConfigError, MetadataError, CheckpointError, ImageLoadError, ValueError) as error:
+    except (ConfigError, MetadataError, CheckpointError, ImageLoadError, ModelCheckError,
+            ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -49,7 +49,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data_loaders import IMAGENET_MEAN, IMAGENET_STD, LoaderSettings, get_data_loader  # noqa: E402
+from data_loaders import LoaderSettings, get_data_loader  # noqa: E402
+from wsol.architectures import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from inference import CAMComputer, EvalSettings  # noqa: E402
 from wsol.acceleration import Acceleration, autocast, check_amp, prepare_model  # noqa: E402
 from wsol.architectures import build_architecture  # noqa: E402

@@ -6,10 +6,20 @@
 reads ``results_<split>.json`` of each experiment folder (or JSON files given
 directly) and writes ``tables/results.md`` and ``tables/results.csv``: one
 table per dataset and split, one row per backbone and CAM method, and for
-each metric (Top-1 Loc, GT-known Loc, MaxBoxAccV2 for box datasets, PxAP for
-mask datasets, Top-1 Cls) a *vanilla* column (the softmax branch) and an
-*ours* column (the sigmoid branch, with its difference to vanilla), each
-with the reference number of SPEC §4 beside it where one exists.
+each metric (Top-1 Cls, Top-1 Loc, GT-known Loc, MaxBoxAccV2 for box datasets,
+PxAP for mask datasets, Average Drop and Increase in Confidence where
+measured) a *vanilla* column (the softmax branch) and an *ours* column (the
+sigmoid branch, with its difference to vanilla).  Beside each number stands
+the published one -- the method's Table 2 (WSOL: ImageNet, OpenImages) and
+Table 1 (fidelity: CUB, Stanford Cars), or wsolevaluation's CAM baseline --
+with our difference to it: ``60.40 (+0.30) [60.25, +0.15]``.
+``--include_references`` lists every published row, measured or not, so
+the whole of Table 1 and Table 2 is printed.
+
+Published rows are matched to the networks that produced them
+(docs/reproducing.md): CAM rows to the CAM networks, Grad-CAM rows to the
+Grad-CAM networks (``vgg16_gradcam``, ``inception_v3_gradcam``, ResNet50).  A
+row of another network is shown without reference numbers.
 
 Both branches usually come from one experiment evaluated with ``--cam_branch
 softmax,sigmoid`` (what ``scripts/run_*.sh`` do); a vanilla experiment's
@@ -36,14 +46,23 @@ BACKBONE_ORDER = ("vgg16", "resnet50", "inception_v3", "resnet18")
 BACKBONE_NAMES = {"vgg16": "VGG16", "resnet50": "ResNet50", "inception_v3": "InceptionV3",
                   "resnet18": "ResNet18", "mobilenet_v2": "MobileNetV2",
                   "efficientnet_b0": "EfficientNet-B0", "regnet_y_400mf": "RegNetY-400MF",
-                  "shufflenet_v2_x0_5": "ShuffleNetV2-0.5"}
+                  "shufflenet_v2_x0_5": "ShuffleNetV2-0.5", "vit": "DeiT-Tiny",
+                  "vit_b_16": "ViT-B/16", "swin_t": "Swin-T", "convnext_tiny": "ConvNeXt-T"}
+# The paper's networks: the backbone a network belongs to, and which network
+# each backbone uses for CAM and for the gradient methods (docs/reproducing.md).
+BACKBONE_OF = {"vgg16_gradcam": "vgg16", "inception_v3_gradcam": "inception_v3"}
+PAPER_NETWORK = {("vgg16", "cam"): "vgg16", ("vgg16", "grad"): "vgg16_gradcam",
+                 ("resnet50", "cam"): "resnet50", ("resnet50", "grad"): "resnet50",
+                 ("inception_v3", "cam"): "inception_v3",
+                 ("inception_v3", "grad"): "inception_v3_gradcam"}
 METHOD_ORDER = ("cam", "gradcam", "gradcam++", "smoothgradcam++", "xgradcam", "layercam",
                 "scorecam", "hirescam", "eigencam")
 METHOD_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++",
                 "smoothgradcam++": "Smooth Grad-CAM++", "xgradcam": "XGrad-CAM",
                 "layercam": "LayerCAM", "scorecam": "Score-CAM", "hirescam": "HiResCAM",
                 "eigencam": "EigenCAM"}
-METRICS = ("Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP", "Top-1 Cls")
+METRICS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP", "Average Drop",
+           "Increase in Confidence")
 PAPER = "paper"            # Oh & Noh, BMVC 2025 (the method's report)
 WSOLEVAL = "wsolevaluation"  # Choe et al., CVPR 2020 (CAM baselines)
 SOURCE_MARKS = {PAPER: "", WSOLEVAL: "*"}
@@ -52,7 +71,7 @@ SOURCE_MARKS = {PAPER: "", WSOLEVAL: "*"}
 @dataclass(frozen=True)
 class Reference:
     dataset: str
-    architecture: str
+    architecture: str   # the backbone
     method: str
     metric: str
     vanilla: float | None
@@ -60,36 +79,88 @@ class Reference:
     source: str
 
 
-# SPEC §4, test split.
-REFERENCES = (
-    # The method's report.
-    Reference("ILSVRC", "vgg16", "cam", "Top-1 Loc", 43.11, 43.13, PAPER),
-    Reference("ILSVRC", "vgg16", "cam", "MaxBoxAccV2", 60.00, 60.25, PAPER),
-    Reference("ILSVRC", "vgg16", "gradcam", "Top-1 Loc", 37.01, 44.69, PAPER),
-    Reference("ILSVRC", "vgg16", "gradcam", "MaxBoxAccV2", 52.50, 60.17, PAPER),
-    Reference("ILSVRC", "resnet50", "cam", "Top-1 Loc", 47.67, 49.44, PAPER),
-    Reference("ILSVRC", "resnet50", "cam", "MaxBoxAccV2", 63.52, 64.73, PAPER),
-    Reference("OpenImages", "vgg16", "cam", "PxAP", 58.17, 60.16, PAPER),
-    # wsolevaluation's CAM baselines (vanilla only).
-    Reference("ILSVRC", "vgg16", "cam", "MaxBoxAccV2", 60.0, None, WSOLEVAL),
-    Reference("ILSVRC", "inception_v3", "cam", "MaxBoxAccV2", 63.4, None, WSOLEVAL),
-    Reference("ILSVRC", "resnet50", "cam", "MaxBoxAccV2", 63.7, None, WSOLEVAL),
-    Reference("CUB", "vgg16", "cam", "MaxBoxAccV2", 63.7, None, WSOLEVAL),
-    Reference("CUB", "inception_v3", "cam", "MaxBoxAccV2", 56.7, None, WSOLEVAL),
-    Reference("CUB", "resnet50", "cam", "MaxBoxAccV2", 63.0, None, WSOLEVAL),
-    Reference("OpenImages", "vgg16", "cam", "PxAP", 58.3, None, WSOLEVAL),
-    Reference("OpenImages", "inception_v3", "cam", "PxAP", 63.2, None, WSOLEVAL),
-    Reference("OpenImages", "resnet50", "cam", "PxAP", 58.5, None, WSOLEVAL),
-)
+def _table(dataset: str, metrics: Sequence[str], rows: str) -> list[Reference]:
+    """References from a table: one line per backbone and method, a vanilla and
+    an ours value per metric ('-' where the paper gives none)."""
+    out = []
+    for line in rows.strip().splitlines():
+        backbone, method, *values = line.split()
+        for i, metric in enumerate(metrics):
+            vanilla, ours = (None if v == "-" else float(v) for v in values[2 * i:2 * i + 2])
+            out.append(Reference(dataset, backbone, method, metric, vanilla, ours, PAPER))
+    return out
 
 
-def reference(dataset: str, architecture: str, method: str, metric: str,
+# The method's Table 2 (WSOL, test splits; "ours" = sigmoid branch, clamped).
+# The Grad-CAM rows are other networks, with their own Top-1 Cls.
+_TABLE2 = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2")
+_TABLE2_ILSVRC = """
+vgg16 cam 66.56 - 43.11 43.13 59.53 59.56 60.00 60.25
+vgg16 gradcam 69.62 - 37.01 44.69 48.99 59.44 52.50 60.17
+resnet50 cam 73.87 - 47.67 49.44 60.80 62.68 63.52 64.73
+resnet50 gradcam 69.01 - 41.15 40.33 55.29 53.60 57.03 57.99
+inception_v3 cam 69.72 - 42.16 44.11 57.69 60.12 63.51 64.98
+inception_v3 gradcam 67.79 - 34.57 33.72 46.35 45.18 52.30 53.06
+"""
+_TABLE2_OPENIMAGES = """
+vgg16 cam 70.00 - 58.17 60.16
+vgg16 gradcam 70.12 - 55.25 56.53
+resnet50 cam 74.02 - 59.36 60.49
+resnet50 gradcam 74.02 - 60.56 60.24
+inception_v3 cam 56.22 - 62.25 63.65
+inception_v3 gradcam 68.56 - 49.64 48.16
+"""
+# The method's Table 1 (fidelity: Average Drop, Increase in Confidence;
+# baseline -> ours), CUB-200-2011 then Stanford Cars.
+_TABLE1 = ("Average Drop", "Increase in Confidence")
+_TABLE1_CUB = """
+vgg16 cam 45.36 37.20 7.08 18.86
+vgg16 gradcam 38.88 35.66 11.36 22.06
+vgg16 gradcam++ 31.11 33.98 14.46 21.75
+vgg16 xgradcam 38.56 38.04 11.10 20.99
+vgg16 layercam 37.19 41.58 11.27 19.50
+resnet50 cam 44.17 13.86 14.76 18.42
+resnet50 gradcam 46.38 19.07 13.07 13.22
+resnet50 gradcam++ 43.15 18.88 14.50 13.72
+resnet50 xgradcam 46.38 19.07 13.07 13.22
+resnet50 layercam 43.69 19.07 13.91 13.22
+"""
+_TABLE1_CARS = """
+vgg16 cam 31.45 43.58 9.68 10.74
+vgg16 gradcam 56.10 9.96 8.11 19.46
+vgg16 gradcam++ 39.63 9.46 11.71 18.46
+vgg16 xgradcam 50.59 9.69 9.14 20.53
+vgg16 layercam 47.51 10.51 9.70 19.39
+resnet50 cam 48.86 3.77 4.32 40.62
+resnet50 gradcam 29.53 3.66 14.56 41.41
+resnet50 gradcam++ 24.68 3.65 17.31 41.62
+resnet50 xgradcam 29.53 3.66 14.56 41.41
+resnet50 layercam 22.64 3.66 18.90 41.39
+"""
+REFERENCES = tuple(
+    _table("ILSVRC", _TABLE2, _TABLE2_ILSVRC)
+    + _table("OpenImages", ("Top-1 Cls", "PxAP"), _TABLE2_OPENIMAGES)
+    + _table("CUB", _TABLE1, _TABLE1_CUB) + _table("CARS", _TABLE1, _TABLE1_CARS)
+    + [Reference(dataset, backbone, "cam", metric, value, None, WSOLEVAL)
+       for dataset, metric, values in (("ILSVRC", "MaxBoxAccV2", (60.0, 63.4, 63.7)),
+                                       ("CUB", "MaxBoxAccV2", (63.7, 56.7, 63.0)),
+                                       ("OpenImages", "PxAP", (58.3, 63.2, 58.5)))
+       for backbone, value in zip(("vgg16", "inception_v3", "resnet50"), values)])
+
+
+def _family(method: str) -> str:
+    return "cam" if method == "cam" else "grad"
+
+
+def reference(dataset: str, network: str, method: str, metric: str,
               split: str = "test") -> Reference | None:
-    """The paper's numbers first, else wsolevaluation's baseline; test split only."""
-    if split != "test":
+    """The published number of a row (the paper's first, else wsolevaluation's
+    baseline), if the row's network is the one the paper used; test split only."""
+    backbone = BACKBONE_OF.get(network, network)
+    if split != "test" or PAPER_NETWORK.get((backbone, _family(method))) != network:
         return None
     found = [r for r in REFERENCES if (r.dataset, r.architecture, r.method, r.metric)
-             == (dataset, architecture, method, metric)]
+             == (dataset, backbone, method, metric)]
     found.sort(key=lambda r: r.source != PAPER)
     return found[0] if found else None
 
@@ -207,16 +278,20 @@ def _order(value: str, order: Sequence[str]) -> tuple:
 
 def sort_rows(rows: Iterable[TableRow]) -> list[TableRow]:
     return sorted(rows, key=lambda r: (_order(r.dataset, DATASET_ORDER), r.split,
-                                       _order(r.architecture, BACKBONE_ORDER),
-                                       _order(r.method, METHOD_ORDER), not r.clamp))
+                                       _order(BACKBONE_OF.get(r.architecture, r.architecture),
+                                              BACKBONE_ORDER),
+                                       _order(r.method, METHOD_ORDER), r.architecture,
+                                       not r.clamp))
 
 
 def add_reference_rows(rows: list[TableRow]) -> list[TableRow]:
-    """Rows for reference numbers that no experiment matched (test split)."""
+    """Rows for published numbers that no experiment matched (test split): the
+    whole of Table 1 and Table 2 is printed."""
     have = {(r.dataset, r.split, r.architecture, r.method) for r in rows}
     extra = {}
     for ref in REFERENCES:
-        key = (ref.dataset, "test", ref.architecture, ref.method)
+        network = PAPER_NETWORK[(ref.architecture, _family(ref.method))]
+        key = (ref.dataset, "test", network, ref.method)
         if key not in have:
             extra.setdefault(key, TableRow(*key))
     return sort_rows([*rows, *extra.values()])
@@ -258,16 +333,28 @@ def row_numbers(row: TableRow, metric: str) -> dict:
     if not row.clamp:
         ref = Reference(ref.dataset, ref.architecture, ref.method, ref.metric, ref.vanilla,
                         None, ref.source) if ref else None
+    ref_vanilla = ref.vanilla if ref else None
+    ref_ours = ref.ours if ref else None
+    if ref_ours is None and ref_vanilla is not None and metric == "Top-1 Cls":
+        ref_ours = ref_vanilla  # the softmax head classifies in both ('-' in the paper)
     return {"vanilla": vanilla, "ours": ours,
             "delta": None if vanilla is None or ours is None else ours - vanilla,
-            "ref_vanilla": ref.vanilla if ref else None,
-            "ref_ours": ref.ours if ref else None, "ref_source": ref.source if ref else None}
+            "ref_vanilla": ref_vanilla, "ref_ours": ref_ours,
+            "ref_source": ref.source if ref else None,
+            "vs_ref_vanilla": _difference(vanilla, ref_vanilla),
+            "vs_ref_ours": _difference(ours, ref_ours)}
 
 
-def _with_ref(text: str, ref: float | None, source: str | None) -> str:
+def _difference(ours: float | None, published: float | None) -> float | None:
+    return None if ours is None or published is None else ours - published
+
+
+def _with_ref(text: str, ref: float | None, source: str | None,
+              difference: float | None = None) -> str:
     if ref is None:
         return text
-    return f"{text} [{ref:.2f}{SOURCE_MARKS.get(source, '')}]"
+    versus = "" if difference is None else f", {difference:+.2f}"
+    return f"{text} [{ref:.2f}{SOURCE_MARKS.get(source, '')}{versus}]"
 
 
 def to_markdown(rows: Sequence[TableRow]) -> str:
@@ -276,10 +363,11 @@ def to_markdown(rows: Sequence[TableRow]) -> str:
         groups.setdefault((row.dataset, row.split), []).append(row)
     out = ["# Results: vanilla (softmax branch) vs ours (sigmoid branch)", "",
            "Cells: our number; *ours* also shows its difference to vanilla in "
-           "parentheses; [x] = the reference number of SPEC §4 (the method's report, "
-           "Oh & Noh 2025; x* = wsolevaluation's CAM baseline, Choe et al. 2020). "
-           "Top-1 Cls is the softmax head's in both columns (it classifies in our model "
-           "too). — = not measured.", ""]
+           "parentheses; [x, d] = the published number and ours minus it (Table 2 and "
+           "Table 1 of the method's report, Oh & Noh 2025; x* = wsolevaluation's CAM "
+           "baseline, Choe et al. 2020). Top-1 Cls is the softmax head's in both columns "
+           "(it classifies in our model too). Average Drop: lower is better. — = not "
+           "measured.", ""]
     for (dataset, split), group in groups.items():
         metrics = _metrics_of(group)
         out.append(f"## {DATASET_NAMES.get(dataset, dataset)}, {split} split")
@@ -290,15 +378,16 @@ def to_markdown(rows: Sequence[TableRow]) -> str:
         out.append("| " + " | ".join(header) + " |")
         out.append("| " + " | ".join(["---", "---"] + ["---:"] * (2 * len(metrics))) + " |")
         for row in group:
-            cells = [BACKBONE_NAMES.get(row.architecture, row.architecture), row.label]
+            cells = [_backbone_label(row), row.label]
             for metric in metrics:
                 n = row_numbers(row, metric)
                 ref_source = n["ref_source"]
-                cells.append(_with_ref(_fmt(n["vanilla"]), n["ref_vanilla"], ref_source))
+                cells.append(_with_ref(_fmt(n["vanilla"]), n["ref_vanilla"], ref_source,
+                                       n["vs_ref_vanilla"]))
                 ours = _fmt(n["ours"])
                 if n["delta"] is not None:
                     ours += f" ({n['delta']:+.2f})"
-                cells.append(_with_ref(ours, n["ref_ours"], ref_source))
+                cells.append(_with_ref(ours, n["ref_ours"], ref_source, n["vs_ref_ours"]))
             out.append("| " + " | ".join(cells) + " |")
         experiments = sorted({c.experiment for r in group for c in (r.vanilla, r.ours) if c})
         out.append("")
@@ -308,21 +397,35 @@ def to_markdown(rows: Sequence[TableRow]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def _backbone_label(row: TableRow) -> str:
+    """The backbone's name; a network other than the paper's for the method is named."""
+    backbone = BACKBONE_OF.get(row.architecture, row.architecture)
+    name = BACKBONE_NAMES.get(backbone, backbone)
+    expected = PAPER_NETWORK.get((backbone, _family(row.method)))
+    if expected is not None and expected != row.architecture:
+        return f"{name} ({row.architecture} network)"
+    return name
+
+
 def csv_rows(rows: Sequence[TableRow]) -> tuple[list[str], list[dict]]:
-    header = ["dataset", "split", "backbone", "method", "clamp"]
+    header = ["dataset", "split", "backbone", "network", "method", "clamp"]
     for metric in METRICS:
         header += [f"{metric} vanilla", f"{metric} ours", f"{metric} delta",
-                   f"{metric} ref vanilla", f"{metric} ref ours", f"{metric} ref source"]
+                   f"{metric} ref vanilla", f"{metric} ref ours", f"{metric} ref source",
+                   f"{metric} vanilla minus ref", f"{metric} ours minus ref"]
     header += ["Top-1 Cls (sigmoid branch)", "vanilla experiment", "ours experiment"]
     records = []
     for row in rows:
-        record = {"dataset": row.dataset, "split": row.split, "backbone": row.architecture,
-                  "method": row.method, "clamp": row.clamp}
+        record = {"dataset": row.dataset, "split": row.split,
+                  "backbone": BACKBONE_OF.get(row.architecture, row.architecture),
+                  "network": row.architecture, "method": row.method, "clamp": row.clamp}
         for metric in METRICS:
             n = row_numbers(row, metric)
             for key, column in (("vanilla", "vanilla"), ("ours", "ours"), ("delta", "delta"),
                                 ("ref_vanilla", "ref vanilla"), ("ref_ours", "ref ours"),
-                                ("ref_source", "ref source")):
+                                ("ref_source", "ref source"),
+                                ("vs_ref_vanilla", "vanilla minus ref"),
+                                ("vs_ref_ours", "ours minus ref")):
                 value = n[key]
                 record[f"{metric} {column}"] = ("" if value is None else
                                                 round(value, 4) if isinstance(value, float)

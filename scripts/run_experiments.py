@@ -1,27 +1,32 @@
 #!/usr/bin/env python
 """Run the paper's experiments: one dataset, its backbones and CAM methods.
 
-For every (backbone, method) of a dataset the plan is:
+Methods come in two families (docs/reproducing.md): ``cam`` is scored on the
+CAM networks (VGG16-CAM, ResNet50-CAM, InceptionV3-CAM), every gradient
+method on the networks the method's public code trains for its Grad-CAM rows
+(``vgg16_gradcam``, ``inception_v3_gradcam``, ResNet50 without the large
+feature map).  For every (backbone, family) of a dataset the plan is:
 
-1. the vanilla model: wsolevaluation's released checkpoint of that dataset
-   and backbone (``--vanilla ARCH=PATH``, or ``--vanilla_dir`` with
-   ``--vanilla_pattern``), or, where none is released (Stanford Cars; SYNTH;
-   any dataset with ``--train_vanilla``), ``main.py --model_structure
-   vanilla`` from torchvision's ImageNet weights (``--pretrained ARCH=PATH``
-   or found in ``--pretrained_dir``), once per backbone;
-2. fine-tuning of the sigmoid branch (``--model_structure b2 --ft_ckpt``)
-   with the SPEC §1 recipe of the dataset, backbone and method;
-3. evaluation of both branches (``--eval_only --cam_branch softmax,sigmoid``)
-   on ``--split``, writing ``<log_root>/<experiment>/results_<split>.json``
+1. the vanilla model: a released checkpoint (``--vanilla NETWORK=PATH``, or
+   ``--vanilla_dir`` with ``--vanilla_pattern``; ILSVRC's Grad-CAM VGG16 is
+   torchvision's ImageNet VGG16 itself), or, where none is released (Stanford
+   Cars; SYNTH; any dataset with ``--train_vanilla``), ``main.py
+   --model_structure vanilla`` from torchvision's ImageNet weights;
+2. fine-tuning of the sigmoid branch with the published recipe of the
+   dataset, backbone and family (docs/reproducing.md, "Recipes");
+3. one evaluation of both branches with every method of the family
+   (``--cam_branch softmax,sigmoid``; with ``--fidelity`` on the fine-grained
+   datasets, Table 1), writing ``<root>/<experiment>/results_<split>.json``
    (``scripts/make_tables.py`` turns a set of them into the paper's tables).
 
-``--dry_run`` runs nothing: it prints every command and checks that each
-parses with ``config.get_configs``, that the image and metadata folders and
-files exist, and that every checkpoint exists or is made by an earlier step;
-a problem exits 1 naming the path.  Without it, steps whose output exists are
-skipped (an interrupted training run resumes), so the script can be re-run
-after a failure.  Flags after ``--`` go to every ``main.py`` command (e.g.
-``-- --wandb online``); they come last, so they override the recipe.
+``--dry_run`` runs nothing: it prints every command with the learning rate
+each parameter group gets at every epoch, and checks that each parses with
+``config.get_configs``, that the image and metadata folders and files exist,
+and that every checkpoint exists or is made by an earlier step; a problem
+exits 1 naming the path.  Without it, steps whose output exists are skipped
+(an interrupted training run resumes), so the script can be re-run after a
+failure.  Flags after ``--`` go to every ``main.py`` command (e.g. ``--
+--wandb online``); they come last, so they override the recipe.
 
     python scripts/run_experiments.py --dataset ILSVRC --vanilla_dir ckpt --dry_run
     python scripts/run_experiments.py --dataset CARS --architectures resnet50 \\
@@ -34,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import io
 import os
 import shlex
@@ -48,79 +52,83 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 import config  # noqa: E402  (the repository root is on the path now)
+from wsol.architectures import ARCHITECTURES, network_for  # noqa: E402
 
 MAIN_PY = os.path.join(REPO_ROOT, "main.py")
 DATASETS = tuple(config.DATASET_NUM_CLASSES)
 PAPER_BACKBONES = ("vgg16", "resnet50", "inception_v3")
-DEFAULT_ARCHITECTURES = {name: PAPER_BACKBONES for name in DATASETS}
-DEFAULT_ARCHITECTURES["SYNTH"] = ("resnet18",)
-DEFAULT_METHODS = ("cam", "gradcam")
-
-# wsolevaluation's settings per backbone (SPEC §1): weight decay, and the
-# larger CAM resolution it uses for ResNet50 and InceptionV3.
-WEIGHT_DECAY = {"vgg16": 5e-4, "inception_v3": 5e-4, "resnet50": 1e-4, "resnet18": 1e-4}
-LARGE_FEATURE_MAP = {"vgg16": False, "resnet50": True, "inception_v3": True, "resnet18": True}
-# Methods whose maps come from the head's weights or forward scores, not
-# gradients: they share the "cam" learning rate, the others Grad-CAM's.
-WEIGHT_BASED = ("cam", "scorecam", "eigencam")
-# torchvision's ImageNet weight files (as in $TORCH_HOME/hub/checkpoints).
-TORCHVISION_FILES = {"vgg16": "vgg16-*.pth", "resnet50": "resnet50-*.pth",
-                     "resnet18": "resnet18-*.pth", "inception_v3": "inception_v3_google-*.pth"}
-# Datasets without released vanilla checkpoints: the vanilla model is trained.
-TRAIN_VANILLA = ("CARS", "SYNTH")
+FAMILIES = ("cam", "gradcam")
 
 
 @dataclass(frozen=True)
 class Recipe:
+    """One fine-tuning (or vanilla) run; ``note`` says where it is not published."""
+    lr: float
+    large_feature_map: bool = False
+    weight_decay: float | None = None  # None: the backbone's (5e-4 VGG16/InceptionV3, 1e-4)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
     epochs: int
     lr_decay_frequency: int
-    lr: dict  # (architecture, "cam" | "grad") -> lr
-    note: str = ""
-    published: tuple = ()  # (architecture, family) keys the paper publishes
-    extra: tuple = ()      # further main.py flags
+    finetune: dict            # (backbone, family) -> Recipe
+    methods: dict             # family -> methods scored by default
+    fidelity: bool = False    # Table 1's fine-grained datasets
+    vanilla: dict | None = None  # (backbone, family) -> Recipe when the vanilla model is trained
+    vanilla_epochs: int = 0
+    vanilla_decay: int = 1
+    backbones: tuple = PAPER_BACKBONES
+    extra: tuple = ()         # further main.py flags of every step
 
 
-# Fine-tuning of the sigmoid branch: SGD Nesterov, momentum 0.9, batch 32
-# (main.py's defaults), step decay x0.1 every lr_decay_frequency epochs.
-FINETUNE = {
-    "ILSVRC": Recipe(10, 3, {("vgg16", "cam"): 3e-3, ("vgg16", "grad"): 1e-4,
-                             ("resnet50", "cam"): 1e-4, ("resnet50", "grad"): 5e-3,
-                             ("inception_v3", "cam"): 5e-4, ("inception_v3", "grad"): 5e-4},
-                     published=(("vgg16", "cam"), ("vgg16", "grad"), ("resnet50", "cam"),
-                                ("resnet50", "grad"), ("inception_v3", "cam"),
-                                ("inception_v3", "grad"))),
-    "CUB": Recipe(50, 15, {("vgg16", "cam"): 5e-5, ("vgg16", "grad"): 5e-5,
-                           ("resnet50", "cam"): 1e-4, ("resnet50", "grad"): 1e-4,
-                           ("inception_v3", "cam"): 1e-4, ("inception_v3", "grad"): 1e-4},
-                  note="VGG16 Grad-CAM lr not published: VGG16 CAM's",
-                  published=(("vgg16", "cam"), ("resnet50", "cam"), ("resnet50", "grad"),
-                             ("inception_v3", "cam"), ("inception_v3", "grad"))),
-    "OpenImages": Recipe(10, 3, {("vgg16", "cam"): 3e-4, ("vgg16", "grad"): 3e-4,
-                                 ("resnet50", "cam"): 5e-4, ("resnet50", "grad"): 5e-4,
-                                 ("inception_v3", "cam"): 5e-4, ("inception_v3", "grad"): 5e-4},
-                         note="the paper gives 3e-4 to 5e-4 without a per-backbone split"),
-    "CARS": Recipe(10, 3, {("vgg16", "cam"): 5e-5, ("vgg16", "grad"): 5e-5,
-                           ("resnet50", "cam"): 1e-4, ("resnet50", "grad"): 1e-4,
-                           ("inception_v3", "cam"): 1e-4, ("inception_v3", "grad"): 1e-4},
-                   note="only the 10 epochs are published; CUB's learning rates, decay every 3"),
-    # The CPU demo of main.py (python main.py), at any scale you like.
-    "SYNTH": Recipe(3, 3, {("resnet18", "cam"): 0.01, ("resnet18", "grad"): 0.01},
-                    note="main.py's demo recipe",
-                    published=(("resnet18", "cam"), ("resnet18", "grad")),
-                    extra=("--resize_size", "72", "--crop_size", "64")),
-}
+WEIGHT_DECAY = {"vgg16": 5e-4, "inception_v3": 5e-4, "resnet50": 1e-4, "resnet18": 1e-4}
+TABLE2_METHODS = {"cam": ("cam",), "gradcam": ("gradcam",)}
+TABLE1_METHODS = {"cam": ("cam",), "gradcam": ("gradcam", "gradcam++", "xgradcam", "layercam")}
+UNPUBLISHED = "not published: "
 
-# Vanilla training where no checkpoint is released.  Stanford Cars: the
-# paper publishes none, so wsolevaluation's CUB CAM settings (fine-grained,
-# 50 epochs, decay every 15, head at 10x lr) stand in.  SYNTH: the demo's.
-VANILLA = {
-    "CARS": Recipe(50, 15, {("vgg16", "cam"): 1.268269e-5, ("resnet50", "cam"): 2.3222617e-4,
-                            ("inception_v3", "cam"): 2.24844746e-3},
-                   note="wsolevaluation's CUB CAM settings (not published for Cars)"),
-    "SYNTH": Recipe(6, 5, {("resnet18", "cam"): 0.05}, note="main.py's demo recipe",
-                    extra=("--lr_classifier_ratio", "1", "--resize_size", "72",
-                           "--crop_size", "64")),
-}
+# The published recipes (docs/reproducing.md; SGD Nesterov, momentum 0.9, batch 32).
+PLANS = {
+    "ILSVRC": DatasetPlan(10, 3, {
+        ("vgg16", "cam"): Recipe(3e-3), ("vgg16", "gradcam"): Recipe(1e-4),
+        ("resnet50", "cam"): Recipe(1e-4, large_feature_map=True),
+        ("resnet50", "gradcam"): Recipe(5e-3),
+        ("inception_v3", "cam"): Recipe(5e-4), ("inception_v3", "gradcam"): Recipe(5e-4)},
+        TABLE2_METHODS),
+    "CUB": DatasetPlan(50, 15, {
+        ("vgg16", "cam"): Recipe(5e-5),
+        ("vgg16", "gradcam"): Recipe(5e-5, note=UNPUBLISHED + "VGG16 CAM's lr"),
+        ("resnet50", "cam"): Recipe(1e-4), ("resnet50", "gradcam"): Recipe(1e-4),
+        ("inception_v3", "cam"): Recipe(1e-4), ("inception_v3", "gradcam"): Recipe(1e-4)},
+        TABLE1_METHODS, fidelity=True),
+    "CARS": DatasetPlan(10, 15, {
+        ("vgg16", "cam"): Recipe(3e-3), ("vgg16", "gradcam"): Recipe(1e-4),
+        ("resnet50", "cam"): Recipe(1e-4), ("resnet50", "gradcam"): Recipe(1e-4),
+        ("inception_v3", "cam"): Recipe(1e-4), ("inception_v3", "gradcam"): Recipe(5e-3)},
+        TABLE1_METHODS, fidelity=True,
+        vanilla={("vgg16", "cam"): Recipe(1e-3), ("vgg16", "gradcam"): Recipe(1e-3),
+                 ("resnet50", "cam"): Recipe(1e-3), ("resnet50", "gradcam"): Recipe(1e-3),
+                 ("inception_v3", "cam"): Recipe(5.678e-3),
+                 ("inception_v3", "gradcam"): Recipe(5e-4)},
+        vanilla_epochs=10, vanilla_decay=15),
+    "OpenImages": DatasetPlan(10, 3, {
+        ("vgg16", "cam"): Recipe(5e-4), ("vgg16", "gradcam"): Recipe(5e-4),
+        ("resnet50", "cam"): Recipe(5e-4, weight_decay=5e-4,
+                                    note=UNPUBLISHED + "ResNet50 Grad-CAM's recipe"),
+        ("resnet50", "gradcam"): Recipe(5e-4, weight_decay=5e-4),
+        ("inception_v3", "cam"): Recipe(3e-4), ("inception_v3", "gradcam"): Recipe(3e-4)},
+        TABLE2_METHODS),
+    # The CPU demo of main.py (python main.py): one ResNet18 serves both families.
+    "SYNTH": DatasetPlan(3, 4, {("resnet18", "cam"): Recipe(0.01, large_feature_map=True)},
+                         {"cam": ("cam", "gradcam")},
+                         vanilla={("resnet18", "cam"): Recipe(0.05, large_feature_map=True)},
+                         vanilla_epochs=6, vanilla_decay=6, backbones=("resnet18",),
+                         extra=("--resize_size", "72", "--crop_size", "64"))}
+# The demo trains its vanilla model with every layer at --lr.
+VANILLA_EXTRA = {"SYNTH": ("--lr_classifier_ratio", "1")}
+# Datasets without released vanilla checkpoints: the vanilla model is trained.
+TRAIN_VANILLA = ("CARS", "SYNTH")
 
 
 @dataclass
@@ -139,27 +147,21 @@ class Step:
         return shlex.join([python, os.path.relpath(MAIN_PY), *self.argv])
 
 
-def method_family(method: str) -> str:
-    return "cam" if method in WEIGHT_BASED else "grad"
-
-
-def experiment_name(dataset: str, architecture: str, method: str | None = None) -> str:
-    if method is None:
-        return f"{dataset}_{architecture}_vanilla"
-    return f"{dataset}_{architecture}_{method.replace('+', 'p')}_b2"
-
-
-def _lookup_lr(recipe: Recipe, dataset: str, architecture: str, family: str) -> float:
-    for key in ((architecture, family), (architecture, "cam"), (architecture, "grad")):
-        if key in recipe.lr:
-            return recipe.lr[key]
-    known = sorted({a for a, _ in recipe.lr})
-    raise PlanError(f"no {dataset} recipe for {architecture} (recipes exist for "
-                    f"{', '.join(known)}): pass --lr")
-
-
 class PlanError(ValueError):
     """The plan cannot be built (unknown backbone, bad --vanilla entry...)."""
+
+
+def method_family(method: str) -> str:
+    return "cam" if method == "cam" else "gradcam"
+
+
+def experiment_name(dataset: str, backbone: str, family: str | None = None,
+                    network: str | None = None) -> str:
+    """``<dataset>_<backbone>_<family>_b2`` (``<dataset>_<backbone>_b2`` when one
+    fine-tuning serves both families); ``<dataset>_<network>_vanilla``."""
+    if network is not None:
+        return f"{dataset}_{network}_vanilla"
+    return f"{dataset}_{backbone}_{family}_b2" if family else f"{dataset}_{backbone}_b2"
 
 
 def _pairs(entries: Sequence[str], flag: str) -> dict[str, str]:
@@ -167,7 +169,7 @@ def _pairs(entries: Sequence[str], flag: str) -> dict[str, str]:
     for entry in entries or ():
         name, sep, path = entry.partition("=")
         if not sep or not name or not path:
-            raise PlanError(f"{flag} {entry!r}: expected ARCHITECTURE=PATH")
+            raise PlanError(f"{flag} {entry!r}: expected NETWORK=PATH")
         out[name.strip()] = os.path.expanduser(path.strip())
     return out
 
@@ -178,19 +180,19 @@ def _default_pretrained_dir() -> str:
     return os.path.join(torch_home, "hub", "checkpoints")
 
 
-def find_pretrained(architecture: str, folder: str) -> str | None:
-    pattern = TORCHVISION_FILES.get(architecture)
-    if not pattern:
-        return None
-    found = sorted(glob.glob(os.path.join(folder, pattern)))
-    return found[-1] if found else None
+def torchvision_file(network: str) -> str | None:
+    """torchvision's file name of a network's ImageNet weights."""
+    from wsol.architectures import get_spec
+    from wsol.checkpoint import _torchvision_file
+    spec = get_spec(network)
+    return _torchvision_file(spec)[0] if spec.torchvision_weights else None
 
 
-def _common(args, dataset: str, architecture: str) -> list[str]:
-    argv = ["--dataset_name", dataset, "--architecture", architecture,
-            "--large_feature_map", str(LARGE_FEATURE_MAP.get(architecture, False)).upper(),
+def _common(args, dataset: str, backbone: str, recipe: Recipe) -> list[str]:
+    argv = ["--dataset_name", dataset, "--architecture", backbone,
+            "--large_feature_map", str(recipe.large_feature_map).upper(),
             "--data_root", args.data_root, "--metadata_root", args.metadata_root,
-            "--log_root", args.log_root, "--batch_size", str(args.batch_size),
+            "--root", args.log_root, "--batch_size", str(args.batch_size),
             "--workers", str(args.workers), "--seed", str(args.seed)]
     if args.mask_root:
         argv += ["--mask_root", args.mask_root]
@@ -199,92 +201,125 @@ def _common(args, dataset: str, architecture: str) -> list[str]:
     return argv
 
 
+def _groups(plan: DatasetPlan, backbones: Sequence[str], methods: Sequence[str]) -> list:
+    """(backbone, family, network, recipe, methods) of every fine-tuning, one
+    per family, or one for both when they are the same network and recipe."""
+    runs = []
+    for backbone in backbones:
+        by_family: dict[str, list[str]] = {}
+        for method in methods:
+            by_family.setdefault(method_family(method), []).append(method)
+        merged: dict[tuple, list] = {}
+        for family, family_methods in by_family.items():
+            recipe = plan.finetune.get((backbone, family)) or plan.finetune.get(
+                (backbone, "cam" if family == "gradcam" else "gradcam"))
+            if recipe is None:
+                known = sorted({b for b, _ in plan.finetune})
+                raise PlanError(f"no recipe for {backbone} (recipes exist for "
+                                f"{', '.join(known)}): pass --lr")
+            network = network_for(backbone, family)
+            key = (network, recipe.lr, recipe.large_feature_map, recipe.weight_decay)
+            if key in merged:
+                merged[key][1] = None  # one run serves both families
+                merged[key][4] += family_methods
+            else:
+                merged[key] = [backbone, family, network, recipe, list(family_methods)]
+        runs += [tuple(v) for v in merged.values()]
+    return runs
+
+
 def build_plan(args, extra: Sequence[str] = ()) -> list[Step]:
     """Every main.py command of the experiments, in order."""
     dataset = args.dataset
-    architectures = _split(args.architectures) or list(DEFAULT_ARCHITECTURES[dataset])
-    methods = _split(args.methods) or list(DEFAULT_METHODS)
-    from_cams = _known_methods()
-    if from_cams is not None:
-        unknown = [m for m in methods if m not in from_cams]
-        if unknown:
-            raise PlanError(f"unknown CAM method(s) {', '.join(unknown)}; known: "
-                            f"{', '.join(from_cams)}")
+    plan = PLANS[dataset]
+    backbones = _split(args.architectures) or list(plan.backbones)
+    methods = _split(args.methods) or [m for ms in plan.methods.values() for m in ms]
+    from wsol.cams import CAM_METHODS
+    unknown = [m for m in methods if m not in CAM_METHODS]
+    if unknown:
+        raise PlanError(f"unknown CAM method(s) {', '.join(unknown)}; known: "
+                        f"{', '.join(CAM_METHODS)}")
     vanilla_paths = _pairs(args.vanilla, "--vanilla")
     pretrained_paths = _pairs(args.pretrained, "--pretrained")
-    finetune = FINETUNE[dataset]
+    for backbone in backbones:
+        if backbone not in ARCHITECTURES and not backbone.startswith("timm:"):
+            raise PlanError(f"unknown architecture {backbone!r}; choose from "
+                            f"{', '.join(ARCHITECTURES)}")
     steps: list[Step] = []
-    for arch in architectures:
-        if arch not in config.ARCHITECTURE_NAMES:
-            raise PlanError(f"unknown architecture {arch!r}; choose from "
-                            f"{', '.join(config.ARCHITECTURE_NAMES)}")
-        common = _common(args, dataset, arch)
-        wd = str(WEIGHT_DECAY.get(arch, 1e-4))
-        train_vanilla = arch not in vanilla_paths and (dataset in TRAIN_VANILLA
-                                                       or args.train_vanilla)
-        if train_vanilla:
-            recipe = VANILLA.get(dataset, VANILLA["CARS"])
-            name = experiment_name(dataset, arch)
-            argv = [*common, "--experiment_name", name, "--model_structure", "vanilla",
-                    "--epochs", str(recipe.epochs),
-                    "--lr", str(_lookup_lr(recipe, dataset, arch, "cam")),
-                    "--lr_decay_frequency", str(recipe.lr_decay_frequency),
-                    "--weight_decay", wd, "--skip_eval", *recipe.extra]
-            inputs = []
-            if dataset != "SYNTH":
-                path = pretrained_paths.get(arch) or find_pretrained(
-                    arch, args.pretrained_dir) or os.path.join(
-                    args.pretrained_dir, TORCHVISION_FILES.get(arch, f"{arch}.pth"))
-                argv += ["--pretrained_path", path]
-                inputs.append(path)
-            steps.append(Step("vanilla", name, [*argv, *extra], recipe.note, inputs))
-            vanilla = os.path.join(args.log_root, name, "last_checkpoint.pth.tar")
-        else:
-            vanilla = vanilla_paths.get(arch) or os.path.join(
-                args.vanilla_dir, args.vanilla_pattern.format(dataset=dataset,
-                                                              architecture=arch))
-        for method in methods:
-            family = method_family(method)
-            lr = args.lr if args.lr is not None else _lookup_lr(finetune, dataset, arch, family)
-            if args.lr is not None:
-                note = "lr from --lr"
-            elif (arch, family) in finetune.published and method in ("cam", "gradcam"):
-                note = "published recipe" if dataset != "SYNTH" else finetune.note
-            else:
-                note = finetune.note or "lr not published for this case"
-                if method not in ("cam", "gradcam"):
-                    note += f"; {method} takes the {'CAM' if family == 'cam' else 'Grad-CAM'} lr"
-            name = experiment_name(dataset, arch, method)
-            argv = [*common, "--experiment_name", name, "--model_structure", "b2",
-                    "--ft_ckpt", vanilla, "--unfreeze_layer", "fc2",
-                    "--sigmoid_init", args.sigmoid_init, "--method", method,
-                    "--epochs", str(finetune.epochs), "--lr", str(lr),
-                    "--lr_decay_frequency", str(finetune.lr_decay_frequency),
-                    "--weight_decay", wd, "--skip_eval", *finetune.extra]
-            steps.append(Step("finetune", name, [*argv, *extra], note, [vanilla]))
-            argv = [*common, "--experiment_name", name, "--model_structure", "b2",
-                    "--eval_only", "--eval_checkpoint_type", "last", "--method", method,
-                    "--cam_branch", "softmax,sigmoid", "--split", args.split, *finetune.extra]
-            if args.save_overlays:
-                argv += ["--save_overlays", str(args.save_overlays)]
-            if args.plots:
-                argv += ["--plots"]
-            checkpoint = os.path.join(args.log_root, name, "last_checkpoint.pth.tar")
-            steps.append(Step("evaluate", name, [*argv, *extra], "", [checkpoint]))
+    trained_vanilla: dict[str, str] = {}
+    # family None: one fine-tuning serves both families (the same network and recipe).
+    for backbone, family, network, recipe, run_methods in _groups(plan, backbones, methods):
+        vanilla, vanilla_steps = _vanilla(args, plan, backbone, family or "cam", network,
+                                          vanilla_paths, pretrained_paths, trained_vanilla,
+                                          extra)
+        steps += vanilla_steps
+        name = experiment_name(dataset, backbone, family)
+        common = _common(args, dataset, backbone, recipe)
+        lr = args.lr if args.lr is not None else recipe.lr
+        note = "lr from --lr" if args.lr is not None else (recipe.note or "published recipe")
+        wd = recipe.weight_decay or WEIGHT_DECAY.get(backbone, 1e-4)
+        family_flags = ["--network_type", family or "cam"]
+        init = ["--sigmoid_init", args.sigmoid_init] if args.sigmoid_init else []
+        argv = [*common, "--experiment_name", name, "--model_structure", "b2",
+                *family_flags, "--ft_ckpt", vanilla, "--unfreeze_layer", "fc2",
+                *init, "--epochs", str(plan.epochs),
+                "--lr", str(lr), "--lr_decay_frequency", str(plan.lr_decay_frequency),
+                "--weight_decay", str(wd), "--skip_eval", *plan.extra]
+        steps.append(Step("finetune", name, [*argv, *extra], note, [vanilla]))
+        argv = [*common, "--experiment_name", name, "--model_structure", "b2",
+                *family_flags, "--eval_only", "--eval_checkpoint_type", "last",
+                "--method", ",".join(run_methods), "--cam_branch", "softmax,sigmoid",
+                "--split", args.split, *plan.extra]
+        if plan.fidelity:
+            argv += ["--fidelity"]
+        if args.save_overlays:
+            argv += ["--save_overlays", str(args.save_overlays)]
+        if args.plots:
+            argv += ["--plots"]
+        checkpoint = os.path.join(args.log_root, name, "last_checkpoint.pth.tar")
+        steps.append(Step("evaluate", name, [*argv, *extra], "", [checkpoint]))
     return steps
+
+
+def _vanilla(args, plan: DatasetPlan, backbone: str, family: str, network: str,
+             vanilla_paths: dict, pretrained_paths: dict, trained: dict,
+             extra: Sequence[str]) -> tuple[str, list[Step]]:
+    """The vanilla checkpoint of a network, and the step that trains it if needed."""
+    dataset = args.dataset
+    given = vanilla_paths.get(network) or (vanilla_paths.get(backbone)
+                                            if network == backbone else None)
+    if given:
+        return given, []
+    if network in trained:
+        return trained[network], []
+    if not (dataset in TRAIN_VANILLA or args.train_vanilla):
+        if dataset == "ILSVRC" and network == "vgg16_gradcam":
+            # The paper's ILSVRC Grad-CAM VGG16 baseline is torchvision's VGG16.
+            return pretrained_paths.get(network) or os.path.join(
+                args.pretrained_dir, torchvision_file(network)), []
+        return os.path.join(args.vanilla_dir, args.vanilla_pattern.format(
+            dataset=dataset, architecture=network)), []
+    recipe = (plan.vanilla or {}).get((backbone, family)) or Recipe(1e-3, note=UNPUBLISHED)
+    name = experiment_name(dataset, backbone, network=network)
+    argv = [*_common(args, dataset, backbone, recipe), "--experiment_name", name,
+            "--model_structure", "vanilla", "--network_type", family,
+            "--epochs", str(plan.vanilla_epochs), "--lr", str(recipe.lr),
+            "--lr_decay_frequency", str(plan.vanilla_decay),
+            "--weight_decay", str(recipe.weight_decay or WEIGHT_DECAY.get(backbone, 1e-4)),
+            "--skip_eval", *VANILLA_EXTRA.get(dataset, ()), *plan.extra]
+    inputs = []
+    if dataset != "SYNTH":
+        path = pretrained_paths.get(network) or pretrained_paths.get(backbone) or \
+            os.path.join(args.pretrained_dir, torchvision_file(network) or f"{network}.pth")
+        argv += ["--pretrained_path", path]
+        inputs.append(path)
+    trained[network] = os.path.join(args.log_root, name, "last_checkpoint.pth.tar")
+    return trained[network], [Step("vanilla", name, [*argv, *extra],
+                                   recipe.note or "published recipe", inputs)]
 
 
 def _split(text: str | None) -> list[str]:
     return [s.strip() for s in (text or "").split(",") if s.strip()]
-
-
-def _known_methods() -> list[str] | None:
-    """CAM method names, when wsol.cams imports (it needs torch)."""
-    try:
-        from wsol.cams import CAM_METHODS
-    except Exception:
-        return None
-    return list(CAM_METHODS)
 
 
 # --------------------------------------------------------------------------
@@ -371,13 +406,47 @@ def step_state(step: Step) -> tuple[str, list[str]]:
                 and os.path.getmtime(results) >= os.path.getmtime(last)):
             return "done", []
         return "fresh", []
-    if os.path.isfile(os.path.join(folder, f"epoch{args.epochs}_checkpoint.pth.tar")):
+    if os.path.isfile(config.checkpoint_path(folder, str(args.epochs))):
         return "done", []
     if os.path.isfile(last):
         return "resume", ["--resume"]
     if os.path.isdir(folder) and os.listdir(folder):
         return "override", ["--override_cache"]  # a run that died before its first epoch
     return "fresh", []
+
+
+def learning_rates(step: Step) -> list[str]:
+    """The learning rate each parameter group of a training step gets, epoch
+    by epoch (``lr_schedule.json``), from the model built on the meta device."""
+    if step.kind == "evaluate":
+        return []
+    args, error = parse_step(step)
+    if error:
+        return []
+    import torch
+    from main import build_model
+    from wsol.training import OptimConfig, lr_schedule
+    args.ft_ckpt = args.pretrained_path = None
+    args.pretrained, args.eval_only = False, True  # structure only: no weights are read
+    try:
+        with torch.device("meta"):
+            model, spec = build_model(args)
+    except (ValueError, RuntimeError) as error:
+        return [f"lr: cannot build the model ({error})"]
+    cfg = OptimConfig(args.lr, args.momentum, args.weight_decay, args.lr_classifier_ratio,
+                      args.lr_decay_frequency)
+    schedule = lr_schedule(model, cfg, spec.lr_rule, args.epochs)
+    lines = []
+    for group in schedule["groups"]:
+        runs: list[list] = []
+        for lr in group["lr"]:
+            if runs and runs[-1][0] == lr:
+                runs[-1][1] += 1
+            else:
+                runs.append([lr, 1])
+        epochs = ", ".join(f"{lr:.4g} x{count}" for lr, count in runs)
+        lines.append(f"lr {', '.join(group['params'])}: {epochs} (epochs)")
+    return lines
 
 
 def subprocess_runner(python: str) -> Callable[[list[str]], int]:
@@ -414,22 +483,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scripts/run_experiments.py",
         description="Vanilla model (released or trained), sigmoid-branch fine-tuning and "
-                    "evaluation of both branches for one dataset's backbones and methods "
-                    "(SPEC §1 recipes). Flags after '--' go to every main.py command.",
+                    "evaluation of both branches for one dataset's backbones and methods, "
+                    "with the published recipes (docs/reproducing.md). Flags after '--' go "
+                    "to every main.py command.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--architectures", default=None,
                    help="comma-separated backbones (default: vgg16,resnet50,inception_v3; "
                         "resnet18 for SYNTH)")
     p.add_argument("--methods", default=None,
-                   help="comma-separated CAM methods (default: cam,gradcam)")
+                   help="comma-separated CAM methods; cam is scored on the CAM networks, the "
+                        "others on the Grad-CAM networks (default: cam,gradcam; on CUB and "
+                        "CARS also gradcam++,xgradcam,layercam, with --fidelity)")
     p.add_argument("--data_root", default="dataset", help="images under <data_root>/<dataset>")
     p.add_argument("--metadata_root", default="metadata")
     p.add_argument("--mask_root", default=None, help="OpenImages masks (default: --data_root)")
-    p.add_argument("--log_root", default="train_log")
-    p.add_argument("--vanilla", action="append", default=[], metavar="ARCH=PATH",
-                   help="vanilla checkpoint of a backbone (wsolevaluation's released one); "
-                        "repeat per backbone")
+    p.add_argument("--log_root", "--root", dest="log_root", default="train_log",
+                   help="experiment root (main.py's --root)")
+    p.add_argument("--vanilla", action="append", default=[], metavar="NETWORK=PATH",
+                   help="vanilla checkpoint of a network (vgg16, vgg16_gradcam, resnet50, "
+                        "inception_v3, inception_v3_gradcam); repeat per network")
     p.add_argument("--vanilla_dir", default="checkpoints",
                    help="where vanilla checkpoints not given by --vanilla are looked for")
     p.add_argument("--vanilla_pattern", default="{dataset}_{architecture}_vanilla.pth.tar",
@@ -437,14 +510,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_vanilla", action="store_true",
                    help="train the vanilla models (from --pretrained) instead of using "
                         "released ones; always so for CARS and SYNTH")
-    p.add_argument("--pretrained", action="append", default=[], metavar="ARCH=PATH",
-                   help="torchvision ImageNet .pth of a backbone, for vanilla training")
+    p.add_argument("--pretrained", action="append", default=[], metavar="NETWORK=PATH",
+                   help="torchvision ImageNet .pth of a network, for vanilla training")
     p.add_argument("--pretrained_dir", default=_default_pretrained_dir(),
                    help="where torchvision's weight files (vgg16-*.pth, resnet50-*.pth, "
                         "inception_v3_google-*.pth) are looked for")
     p.add_argument("--lr", type=float, default=None,
                    help="fine-tuning lr for every backbone and method (default: the recipe)")
-    p.add_argument("--sigmoid_init", default="clone", choices=("clone", "random"))
+    p.add_argument("--sigmoid_init", default=None, choices=("clone", "random"),
+                   help="passed to main.py (default: main.py's, clone, or --replay's)")
     p.add_argument("--split", default="test", choices=("val", "test"))
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--workers", type=int, default=4)
@@ -481,6 +555,8 @@ def main(argv: Sequence[str] | None = None,
         for n, step in enumerate(steps, start=1):
             note = f"  # {step.note}" if step.note else ""
             print(f"[{n}/{len(steps)}] {step.title}{note}\n  {step.command('python')}")
+            for line in learning_rates(step):
+                print(f"    {line}")
         problems = check_plan(steps)
         if problems:
             print(f"\ndry run: {len(problems)} problem(s):", file=sys.stderr)

@@ -128,6 +128,7 @@ def test_both_branches_from_one_forward_equal_one_call_per_branch():
     y = torch.tensor([0, 4, 2])
     methods = GRADIENT_METHODS + ["eigencam", "scorecam", "smoothgradcam++"]
     kwargs = dict(scorecam_topk=2, smooth_samples=2)
+    compute_cams_per_branch(model, x, y, GRADIENT_METHODS, ["softmax", "sigmoid"])  # checks
     forwards = []
     handle = model.model.register_forward_hook(lambda *a: forwards.append(1))
     together = compute_cams_per_branch(model, x, y, GRADIENT_METHODS, ["softmax", "sigmoid"])

@@ -34,68 +34,155 @@ def seed_args(template, **values):
 
 
 def test_seed_train_command_keeps_its_documented_meaning():
-    args = config.get_configs(seed_args(SEED_002_TRAIN, ds="CUB", exp="e", root="dataset/CUB",
-                                        ckpt="v.pth"))
+    args = config.get_configs(seed_args(SEED_002_TRAIN, ds="CUB", exp="e",
+                                        root="experiment/CUB", ckpt="v.pth"))
     assert (args.epochs, args.batch_size, args.lr, args.weight_decay) == (10, 32, 0.003, 5e-4)
     assert args.large_feature_map is False and args.model_structure == "b2"
     assert args.unfreeze_layers == ("fc2",) and args.cam_branches == ["sigmoid"]
-    assert args.num_classes == 200 and args.image_root == "dataset/CUB"
+    assert args.num_classes == 200
+    # --root is the experiment root; images and metadata come from their own roots.
+    assert args.log_folder == os.path.join("experiment/CUB", "e")
+    assert args.image_root == os.path.join("dataset/", "CUB")
+    assert args.split_metadata_root == os.path.join("metadata/", "CUB")
     assert args.wandb == "off" and args.project == "vgg16-0" and args.wandb_name == "e"
+    assert args.network == "vgg16"  # --method cam: the CAM network
+    gradient = config.get_configs(seed_args(SEED_001_TRAIN, ds="ILSVRC", exp="e", root="r",
+                                            method="gradcam", ckpt="v.pth"))
+    assert gradient.network == "vgg16_gradcam"  # what the public code builds for gradcam
     assert config.get_configs(["--dataset_name", "CARS"]).num_classes == 196
+
+
+def _wsolevaluation_checkpoint(path, architecture, classes):
+    """A vanilla checkpoint as wsolevaluation's code writes it (DataParallel keys)."""
+    torch.manual_seed(0)
+    model, _ = build_architecture(architecture, classes)
+    state = {"module." + k: v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 9, "architecture": "vgg16"}, path)
 
 
 @pytest.fixture(scope="module")
 def seed_workspace(tiny_synth_root, tmp_path_factory):
+    """dataset/<DS> and metadata/<DS> as the seed READMEs lay them out, and a
+    vanilla VGG16-CAM checkpoint in wsolevaluation's format."""
     root = tmp_path_factory.mktemp("seeds")
     for name in ("ILSVRC", "CUB", "CARS", "OpenImages"):
         copy_as_dataset(tiny_synth_root, root, name)
-    # A vanilla VGG16-CAM checkpoint in wsolevaluation's format (DataParallel prefix).
-    torch.manual_seed(0)
-    model, _ = build_architecture("vgg16", 1000)
-    state = {"module." + k: v for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "epoch": 9}, root / "vgg16_vanilla.pth.tar")
+    _wsolevaluation_checkpoint(root / "vgg16_vanilla.pth.tar", "vgg16", 1000)
     return root
 
 
-def test_seed_commands_train_then_evaluate(seed_workspace, monkeypatch, capsys):
+def test_seed_001_cam_lines_train_then_evaluate_under_root(seed_workspace, monkeypatch, capsys):
     monkeypatch.chdir(seed_workspace)
-    values = dict(exp="ilsvrc_b2", ds="ILSVRC", method="gradcam",
-                  root=str(seed_workspace / "dataset" / "ILSVRC"),
+    experiments = seed_workspace / "experiment" / "ILSVRC"
+    values = dict(exp="ilsvrc_b2", ds="ILSVRC", method="cam", root=str(experiments),
                   ckpt=str(seed_workspace / "vgg16_vanilla.pth.tar"))
     assert main.main(seed_args(SEED_001_TRAIN, **values)) == 0
-    folder = seed_workspace / "train_log" / "ilsvrc_b2"
-    assert {"last_checkpoint.pth.tar", "epoch3_checkpoint.pth.tar", "log.log",
-            "results_test.json"} <= set(os.listdir(folder))
+    folder = experiments / "ilsvrc_b2"
+    assert {"last_checkpoint.pth.tar", "1_checkpoint.pth.tar", "3_checkpoint.pth.tar",
+            "log.log", "lr_schedule.json", "results_test.json"} <= set(os.listdir(folder))
+    # The public code trains VGG16's branch at 10 x --lr and decays before epoch 3.
+    schedule = json.loads((folder / "lr_schedule.json").read_text())
+    assert [g["params"] for g in schedule["groups"]] == [["fc2"]]
+    assert schedule["groups"][0]["lr"] == pytest.approx([0.03, 0.03, 0.003], rel=1e-12)
+    saved = torch.load(folder / "last_checkpoint.pth.tar", weights_only=True)
+    assert saved["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.003, rel=1e-12)
+    assert saved["architecture"] == "vgg16" and "fc2.weight" in saved["state_dict"]
     trained = json.loads((folder / "results_test.json").read_text())
     assert main.main(seed_args(SEED_001_TEST, **values)) == 0
     evaluated = json.loads((folder / "results_test.json").read_text())
     assert [r["branch"] for r in evaluated["rows"]] == ["sigmoid"]
     assert evaluated["rows"][0]["MaxBoxAccV2"] == trained["rows"][0]["MaxBoxAccV2"]
-    # The frozen softmax head classifies: a random 1000-way VGG gets nothing right here.
     assert evaluated["classification"]["Top-1 Cls"] == trained["classification"]["Top-1 Cls"]
     assert "MaxBoxAccV2" in capsys.readouterr().out
+    assert not (seed_workspace / "train_log").exists()  # nothing outside --root
 
 
-@pytest.mark.parametrize("dataset", ["CUB", "CARS", "OpenImages"])
+@pytest.mark.slow
+def test_seed_001_gradcam_lines_build_the_public_codes_gradcam_network(seed_workspace,
+                                                                         monkeypatch):
+    # The public code trains torchvision's VGG16 (MLP head, MLP sigmoid branch
+    # classifier_2) for --method gradcam; its vanilla checkpoint is of that network.
+    monkeypatch.chdir(seed_workspace)
+    vanilla = seed_workspace / "vgg16_gradcam_vanilla.pth.tar"
+    _wsolevaluation_checkpoint(vanilla, "vgg16_gradcam", 1000)
+    experiments = seed_workspace / "experiment" / "ILSVRC"
+    values = dict(exp="ilsvrc_gradcam_b2", ds="ILSVRC", method="gradcam",
+                  root=str(experiments), ckpt=str(vanilla))
+    folder = experiments / "ilsvrc_gradcam_b2"
+    try:
+        assert main.main(seed_args(SEED_001_TRAIN, **values)) == 0
+        saved = torch.load(folder / "last_checkpoint.pth.tar", weights_only=True,
+                           map_location="cpu")
+        assert saved["architecture"] == "vgg16_gradcam"
+        assert {"classifier.6.weight", "classifier_2.0.weight",
+                "classifier_2.6.weight"} <= set(saved["state_dict"])
+        schedule = json.loads((folder / "lr_schedule.json").read_text())
+        assert [g["params"] for g in schedule["groups"]] == [["classifier_2"]]
+        assert schedule["groups"][0]["lr"] == pytest.approx([0.03, 0.03, 0.003], rel=1e-12)
+        assert main.main(seed_args(SEED_001_TEST, **values)) == 0
+        result = json.loads((folder / "results_test.json").read_text())
+        assert [(r["method"], r["branch"]) for r in result["rows"]] == [("gradcam", "sigmoid")]
+        assert result["architecture"] == "vgg16_gradcam"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # about 5 GB of checkpoints
+        vanilla.unlink()
+
+
+@pytest.mark.slow
+def test_seed_002_lines_train_then_evaluate(seed_workspace, monkeypatch):
+    monkeypatch.chdir(seed_workspace)
+    experiments = seed_workspace / "experiment" / "CUB"
+    values = dict(exp="vgg16_cam_ours", ds="CUB", root=str(experiments),
+                  ckpt=str(seed_workspace / "vgg16_vanilla.pth.tar"))
+    argv = seed_args(SEED_002_TRAIN, **values) + ["--num_classes", "1000"]
+    assert main.main(argv) == 0
+    folder = experiments / "vgg16_cam_ours"
+    schedule = json.loads((folder / "lr_schedule.json").read_text())
+    assert schedule["groups"][0]["lr"] == pytest.approx(
+        [0.03, 0.03, 0.003, 0.003, 0.003, 3e-4, 3e-4, 3e-4, 3e-5, 3e-5], rel=1e-9)
+    assert main.main(seed_args(SEED_002_TEST, **values) + ["--num_classes", "1000"]) == 0
+    result = json.loads((folder / "results_test.json").read_text())
+    assert [(r["method"], r["branch"]) for r in result["rows"]] == [("cam", "sigmoid")]
+
+
+@pytest.mark.parametrize("dataset", ["CARS", "OpenImages"])
 def test_seed_inference_command_on_every_dataset_layout(seed_workspace, monkeypatch, dataset):
     monkeypatch.chdir(seed_workspace)
-    source = seed_workspace / "train_log" / "ilsvrc_b2" / "last_checkpoint.pth.tar"
+    source = (seed_workspace / "experiment" / "ILSVRC" / "ilsvrc_b2" /
+              "last_checkpoint.pth.tar")
     if not source.exists():
-        pytest.skip("needs test_seed_commands_train_then_evaluate")
+        pytest.skip("needs test_seed_001_cam_lines_train_then_evaluate_under_root")
     exp = f"{dataset.lower()}_b2"
-    (seed_workspace / "train_log" / exp).mkdir(parents=True, exist_ok=True)
-    shutil.copy(source, seed_workspace / "train_log" / exp / "last_checkpoint.pth.tar")
-    argv = seed_args(SEED_002_TEST, ds=dataset, exp=exp,
-                     root=str(seed_workspace / "dataset" / dataset),
+    experiments = seed_workspace / "experiment" / dataset
+    (experiments / exp).mkdir(parents=True, exist_ok=True)
+    shutil.copy(source, experiments / exp / "last_checkpoint.pth.tar")
+    argv = seed_args(SEED_002_TEST, ds=dataset, exp=exp, root=str(experiments),
                      ckpt=str(seed_workspace / "vgg16_vanilla.pth.tar"))
     argv += ["--num_classes", "1000"]  # the copied ILSVRC checkpoint has 1000 classes
     assert main.main(argv) == 0
-    result = json.loads((seed_workspace / "train_log" / exp / "results_test.json").read_text())
+    result = json.loads((experiments / exp / "results_test.json").read_text())
     row = result["rows"][0]
     if dataset == "OpenImages":
         assert 0 <= row["PxAP"] <= 100 and "MaxBoxAccV2" not in row
     else:
         assert 0 <= row["MaxBoxAccV2"] <= 100 and "PxAP" not in row
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_does_not_block_its_rerun(
+        seed_workspace, monkeypatch, capsys):
+    monkeypatch.chdir(seed_workspace)
+    values = dict(exp="retry", ds="ILSVRC", method="cam", root="experiment/ILSVRC",
+                  ckpt="missing.pth.tar")
+    assert main.main(seed_args(SEED_001_TRAIN, **values)) == 2
+    assert "checkpoint not found: missing.pth.tar" in capsys.readouterr().err
+    assert not (seed_workspace / "experiment" / "ILSVRC" / "retry").exists()
+    # A folder that only holds a failed run's log is not an experiment either.
+    leftover = seed_workspace / "experiment" / "ILSVRC" / "retry"
+    leftover.mkdir(parents=True)
+    (leftover / "log.log").write_text("an earlier failure")
+    (leftover / "config.json").write_text("{}")
+    args = config.get_configs(seed_args(SEED_001_TRAIN, **values))
+    assert config.configure_log_folder(args) == (os.path.join("experiment/ILSVRC", "retry"), True)
 
 
 def run_tiny(root, name, extra):
@@ -133,7 +220,7 @@ def test_user_errors_give_one_clear_message(tiny_synth_root, tmp_path, capsys, m
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dataset" / "CUB").mkdir(parents=True)  # images exist, metadata does not
     cases = [
-        (["--architecture", "alexnet"], "invalid choice: 'alexnet'"),
+        (["--architecture", "alexnet"], "unknown architecture 'alexnet'"),
         (["--experiment_name", "x", "--eval_only", "--model_structure", "b2",
           "--dataset_name", "CUB"], "no checkpoint to evaluate"),
         (["--experiment_name", "y", "--model_structure", "b2", "--dataset_name", "CUB"],
@@ -143,18 +230,8 @@ def test_user_errors_give_one_clear_message(tiny_synth_root, tmp_path, capsys, m
         (["--experiment_name", "w", "--cam_branch", "sigmoid"], "needs a dual-branch model"),
     ]
     for argv, message in cases:
-        with pytest.raises(SystemExit) if "invalid choice" in message else _no_raise():
-            code = main.main(argv)
-            assert code == 2
+        assert main.main(argv) == 2
         assert message in capsys.readouterr().err
-
-
-class _no_raise:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_existing_experiment_is_not_overwritten(tmp_path):

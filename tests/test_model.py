@@ -6,18 +6,16 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from wsol.architectures import build_architecture
+from wsol.architectures import build_cam_model, get_spec
 from wsol.checkpoint import (CheckpointError, export_state_dict, load_checkpoint_file,
-                             load_into_cam_model, load_torchvision_pretrained, save_checkpoint)
-from wsol.dual_branch import CAMModel
+                             load_into_cam_model, load_pretrained, save_checkpoint)
 from wsol.losses import class_balanced_bce
 from wsol.training import OptimConfig, build_optimizer
 
 
 def cam_model(name="resnet18", classes=5, dual=False, init="clone", lfm=False):
     torch.manual_seed(0)
-    base, spec = build_architecture(name, classes, lfm)
-    model = CAMModel(base, spec.feature_layer, spec.head, name)
+    model, _ = build_cam_model(name, classes, lfm)
     if dual:
         model.add_sigmoid_branch(init)
         model.freeze_backbone()
@@ -127,8 +125,9 @@ def test_class_balanced_bce_against_hand_computation():
     assert torch.allclose(class_balanced_bce(logits, labels), total / (2 * c), atol=1e-6)
 
 
-def test_vanilla_optimizer_gives_the_head_a_larger_lr():
-    model = cam_model(classes=3)
+def test_vanilla_optimizer_gives_the_classifier_part_a_larger_lr():
+    # A network without a published rule: the head is the classifier part.
+    model, _ = build_cam_model("mobilenet_v2", 3)
     opt = build_optimizer(model, OptimConfig(lr=0.01, lr_classifier_ratio=10))
     lrs = sorted(g["lr"] for g in opt.param_groups)
     assert lrs == pytest.approx([0.01, 0.1])
@@ -207,7 +206,7 @@ def test_torchvision_imagenet_weights_initialise_the_backbone(tmp_path):
     path = str(tmp_path / "resnet18-imagenet.pth")
     torch.save(tv.state_dict(), path)
     model = cam_model("resnet18", classes=5)
-    load_torchvision_pretrained(model, path)
+    load_pretrained(model, get_spec("resnet18"), path)
     assert torch.equal(model.model.layer4[0].conv1.weight, tv.layer4[0].conv1.weight)
     assert model.head_module.weight.shape == (5, 512)  # head keeps its own init
 
@@ -218,7 +217,7 @@ def test_torchvision_vgg_weights_align_with_large_feature_map(tmp_path):
     path = str(tmp_path / "vgg16.pth")
     torch.save(tv.state_dict(), path)
     model = cam_model("vgg16", classes=5, lfm=True)
-    load_torchvision_pretrained(model, path)
+    load_pretrained(model, get_spec("vgg16"), path)
     # torchvision's conv at index 24 follows the removed max-pool: index 23 here.
     assert torch.equal(model.model.features[23].weight, tv.features[24].weight)
     assert torch.equal(model.model.features[27].weight, tv.features[28].weight)

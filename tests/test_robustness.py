@@ -74,9 +74,12 @@ def test_bad_metadata_names_file_and_line(workspace, capsys, file, edit, message
 
 
 def test_missing_image_folder_is_named(workspace, capsys):
-    code = main.main([*tiny_argv(workspace, "noroot", "--epochs", "0"), "--root",
+    code = main.main([*tiny_argv(workspace, "noroot", "--epochs", "0"), "--data_root",
                       str(workspace / "nowhere")])
-    assert code == 2 and "image folder not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "image folder not found" in err and "--data_root" in err
+    # The failed run leaves nothing behind, so the corrected rerun is not refused.
+    assert not (workspace / "train_log" / "noroot").exists()
 
 
 def test_truncated_image_fails_or_is_skipped_and_counted(workspace, capsys):
@@ -96,7 +99,8 @@ def test_eval_only_with_a_checkpoint_of_another_architecture(workspace, capsys):
     main.run(config.get_configs(tiny_argv(workspace, "r18", "--epochs", "0", "--skip_eval")))
     code = main.main([*tiny_argv(workspace, "r18", "--eval_only"), "--architecture", "resnet50"])
     err = capsys.readouterr().err
-    assert code == 2 and "does not fit the model" in err
+    assert code == 2 and ("was trained with --architecture resnet18, not resnet50: drop "
+                          "--architecture") in err
 
 
 def test_unknown_method_is_named(workspace, capsys):
@@ -145,7 +149,7 @@ def test_torchrun_two_processes_train_and_evaluate_like_one(workspace):
 def test_nan_maps_are_counted_as_nan_not_as_constant(workspace):
     args = config.get_configs(tiny_argv(workspace, "nan", "--epochs", "0",
                                         "--method", "cam,gradcam"))
-    model = main.build_model(args)
+    model, _ = main.build_model(args)
     with torch.no_grad():
         model.head_module.weight[0] = float("nan")  # every map explaining class 0 is NaN
     results = main.evaluate(args, model, torch.device("cpu"))

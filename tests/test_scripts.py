@@ -36,6 +36,7 @@ make_tables = load_script("make_tables")
 PAPER_DATASETS = ("ILSVRC", "CUB", "OpenImages", "CARS")
 TORCHVISION = {"vgg16": "vgg16-397923af.pth", "resnet50": "resnet50-0676ba61.pth",
                "inception_v3": "inception_v3_google-0cc3c7bd.pth"}
+NETWORKS = ("vgg16", "vgg16_gradcam", "resnet50", "inception_v3", "inception_v3_gradcam")
 
 
 def touch(path) -> None:
@@ -52,8 +53,8 @@ def fake_layout(root, datasets=PAPER_DATASETS):
             for f in ("image_ids.txt", "class_labels.txt", "image_sizes.txt",
                       "localization.txt"):
                 touch(root / "metadata" / name / split / f)
-        for arch in TORCHVISION:
-            touch(root / "checkpoints" / f"{name}_{arch}_vanilla.pth.tar")
+        for network in NETWORKS:
+            touch(root / "checkpoints" / f"{name}_{network}_vanilla.pth.tar")
     for arch, filename in TORCHVISION.items():
         touch(root / "torchvision" / filename)
 
@@ -82,8 +83,8 @@ def flag(step, name):
 # --------------------------------------------------------------------------
 
 def test_every_planned_command_parses_with_the_published_recipe():
-    steps = plan(["--dataset", "ILSVRC", "--vanilla_dir", "ck"])
-    assert [s.kind for s in steps] == ["finetune", "evaluate"] * 6  # 3 backbones x 2 methods
+    steps = plan(["--dataset", "ILSVRC", "--vanilla_dir", "ck", "--pretrained_dir", "tv"])
+    assert [s.kind for s in steps] == ["finetune", "evaluate"] * 6  # 3 backbones x 2 families
     for step in steps:
         args = config.get_configs(step.argv)
         assert args.dataset_name == "ILSVRC" and args.model_structure == "b2"
@@ -96,30 +97,62 @@ def test_every_planned_command_parses_with_the_published_recipe():
     finetune = config.get_configs(by_name[("ILSVRC_resnet50_cam_b2", "finetune")].argv)
     assert (finetune.epochs, finetune.lr_decay_frequency, finetune.weight_decay,
             finetune.batch_size) == (10, 3, 1e-4, 32)
-    assert finetune.large_feature_map and finetune.skip_eval
+    assert finetune.large_feature_map and finetune.skip_eval  # only ResNet50 CAM's is large
     assert finetune.ft_ckpt == os.path.join("ck", "ILSVRC_resnet50_vanilla.pth.tar")
-    assert finetune.unfreeze_layers == ("fc2",)
+    assert finetune.unfreeze_layers == ("fc2",) and finetune.network == "resnet50"
+    grad = config.get_configs(by_name[("ILSVRC_resnet50_gradcam_b2", "finetune")].argv)
+    assert not grad.large_feature_map and grad.network == "resnet50"
+    # The Grad-CAM rows train the public code's Grad-CAM networks; ILSVRC's
+    # Grad-CAM VGG16 starts from torchvision's ImageNet VGG16 itself.
+    vgg_grad = config.get_configs(by_name[("ILSVRC_vgg16_gradcam_b2", "finetune")].argv)
+    assert vgg_grad.network == "vgg16_gradcam"
+    assert vgg_grad.ft_ckpt == os.path.join("tv", "vgg16-397923af.pth")
+    inception = config.get_configs(by_name[("ILSVRC_inception_v3_gradcam_b2",
+                                            "finetune")].argv)
+    assert inception.network == "inception_v3_gradcam"
+    assert inception.ft_ckpt == os.path.join("ck", "ILSVRC_inception_v3_gradcam_vanilla.pth.tar")
     vgg = config.get_configs(by_name[("ILSVRC_vgg16_cam_b2", "finetune")].argv)
-    assert vgg.weight_decay == 5e-4 and not vgg.large_feature_map
+    assert vgg.weight_decay == 5e-4 and not vgg.large_feature_map and vgg.network == "vgg16"
     evaluate = config.get_configs(by_name[("ILSVRC_vgg16_gradcam_b2", "evaluate")].argv)
     assert evaluate.eval_only and evaluate.cam_branches == ["softmax", "sigmoid"]
     assert evaluate.method == "gradcam" and evaluate.split == "test"
+    assert evaluate.network == "vgg16_gradcam" and not evaluate.fidelity
     cub = config.get_configs(plan(["--dataset", "CUB", "--architectures", "vgg16",
                                    "--methods", "cam"])[0].argv)
     assert (cub.epochs, cub.lr_decay_frequency, cub.lr) == (50, 15, 5e-5)
+    # Table 1 (CUB, Cars): one Grad-CAM fine-tuning scored with every gradient
+    # method, with the fidelity metrics.
+    cub = plan(["--dataset", "CUB", "--architectures", "vgg16"])
+    evaluate = config.get_configs(cub[3].argv)
+    assert evaluate.methods == ["gradcam", "gradcam++", "xgradcam", "layercam"]
+    assert evaluate.fidelity and evaluate.network == "vgg16_gradcam"
+    finetune, evaluate = plan(["--dataset", "OpenImages", "--architectures", "resnet50"])
+    # Grad-CAM's published ResNet50 recipe (no large feature map, weight decay
+    # 5e-4) serves the unpublished CAM row as well: one fine-tuning scores both.
+    assert finetune.experiment == evaluate.experiment == "OpenImages_resnet50_b2"
+    finetune, evaluate = config.get_configs(finetune.argv), config.get_configs(evaluate.argv)
+    assert finetune.weight_decay == 5e-4 and not finetune.large_feature_map
+    assert evaluate.methods == ["cam", "gradcam"]
 
 
 def test_cars_trains_its_vanilla_models_first(tmp_path):
-    steps = plan(["--dataset", "CARS", "--methods", "cam,gradcam",
+    steps = plan(["--dataset", "CARS", "--architectures", "vgg16", "--methods", "cam,gradcam",
                   "--pretrained_dir", str(tmp_path), "--log_root", "logs"])
-    assert [s.kind for s in steps[:5]] == ["vanilla", "finetune", "evaluate",
-                                          "finetune", "evaluate"]
+    assert [s.kind for s in steps] == ["vanilla", "finetune", "evaluate"] * 2
     vanilla = config.get_configs(steps[0].argv)
     assert vanilla.model_structure == "vanilla" and vanilla.skip_eval
-    assert vanilla.architecture == "vgg16" and vanilla.epochs == 50
-    last = os.path.join("logs", "CARS_vgg16_vanilla", "last_checkpoint.pth.tar")
-    assert flag(steps[1], "--ft_ckpt") == last and flag(steps[3], "--ft_ckpt") == last
+    assert vanilla.network == "vgg16" and vanilla.epochs == 10 and vanilla.lr == 1e-3
+    assert vanilla.lr_decay_frequency == 15
+    assert vanilla.pretrained_path == str(tmp_path / "vgg16-397923af.pth")
+    grad_vanilla = config.get_configs(steps[3].argv)
+    assert grad_vanilla.network == "vgg16_gradcam"
+    for vanilla_step, finetune in ((steps[0], steps[1]), (steps[3], steps[4])):
+        last = os.path.join("logs", vanilla_step.experiment, "last_checkpoint.pth.tar")
+        assert flag(finetune, "--ft_ckpt") == last
     assert config.get_configs(steps[1].argv).epochs == 10
+    inception = plan(["--dataset", "CARS", "--architectures", "inception_v3"])
+    lrs = [config.get_configs(s.argv).lr for s in inception if s.kind == "vanilla"]
+    assert lrs == [5.678e-3, 5e-4]
     # A trained vanilla model given explicitly replaces the training step.
     steps = plan(["--dataset", "CARS", "--architectures", "resnet50", "--methods", "cam",
                   "--vanilla", "resnet50=mine.pth"])
@@ -129,8 +162,7 @@ def test_cars_trains_its_vanilla_models_first(tmp_path):
 
 def test_synth_recipe_is_the_demo_recipe():
     steps = plan(["--dataset", "SYNTH"])
-    assert [s.kind for s in steps] == ["vanilla", "finetune", "evaluate",
-                                      "finetune", "evaluate"]
+    assert [s.kind for s in steps] == ["vanilla", "finetune", "evaluate"]
     ours = config.get_configs(steps[0].argv)
     demo = config.get_configs([*main_module.DEMO_COMMON, *main_module.DEMO_VANILLA])
     for key in ("epochs", "lr", "lr_decay_frequency", "weight_decay", "lr_classifier_ratio",
@@ -143,6 +175,16 @@ def test_synth_recipe_is_the_demo_recipe():
     for key in ("epochs", "lr", "lr_decay_frequency", "weight_decay", "resize_size",
                 "crop_size", "large_feature_map", "cam_curve_interval"):
         assert getattr(ours, key) == getattr(demo, key), key
+    assert config.get_configs(steps[2].argv).methods == ["cam", "gradcam"]
+
+
+def test_dry_run_lists_the_learning_rate_of_every_group(capsys):
+    assert run_experiments.main(["--dataset", "ILSVRC", "--architectures", "vgg16,resnet50",
+                                 "--dry_run"]) == 1  # no data here; the plan still prints
+    out = capsys.readouterr().out
+    assert "lr fc2: 0.03 x2, 0.003 x3, 0.0003 x3, 3e-05 x2 (epochs)" in out  # VGG16 CAM
+    assert "lr classifier_2: 0.001 x2, 0.0001 x3, 1e-05 x3, 1e-06 x2 (epochs)" in out
+    assert "lr fc2: 0.005 x2, 0.0005 x3, 5e-05 x3, 5e-06 x2 (epochs)" in out  # ResNet50 Grad
 
 
 def test_extra_flags_come_last_and_override_the_recipe():
@@ -168,7 +210,8 @@ def test_bad_plans_are_reported():
     steps[0].argv += ["--lr_decay_frequency", "0"]
     steps[1].argv += ["--no_such_flag"]
     problems = run_experiments.check_plan(steps)
-    assert any("finetune: main.py rejects the flags: --epochs must be" in p for p in problems)
+    assert any("finetune: main.py rejects the flags: --lr_decay_frequency must be >= 1" in p
+               for p in problems)
     assert any("evaluate: main.py rejects the flags" in p and "--no_such_flag" in p
                for p in problems)
 
@@ -184,25 +227,30 @@ def test_run_all_dry_run_passes_on_a_complete_layout(tmp_path):
         assert f"{name}_vgg16_cam_b2: finetune" in result.stdout
         assert f"{name}_inception_v3_gradcam_b2: evaluate" in result.stdout
     assert "CARS_resnet50_vanilla: vanilla" in result.stdout
+    assert "CARS_vgg16_gradcam_vanilla: vanilla" in result.stdout
     assert str(tmp_path / "torchvision" / TORCHVISION["resnet50"]) in result.stdout
-    assert result.stdout.count("dry run: 12 command(s) parse") == 3  # ILSVRC, CUB, OpenImages
-    assert "dry run: 15 command(s) parse" in result.stdout  # CARS: + 3 vanilla trainings
+    assert "dry run: 12 command(s) parse" in result.stdout  # ILSVRC: 6 fine-tunings
+    # CUB, OpenImages: the ResNet50 families share one fine-tuning (same recipe).
+    assert result.stdout.count("dry run: 10 command(s) parse") == 2
+    assert "dry run: 15 command(s) parse" in result.stdout  # CARS: + 5 vanilla trainings
     assert not (tmp_path / "train_log").exists()  # nothing ran
 
 
 def test_dry_run_names_every_missing_path(tmp_path):
     fake_layout(tmp_path, datasets=("CUB",))
     os.remove(tmp_path / "checkpoints" / "CUB_resnet50_vanilla.pth.tar")
+    os.remove(tmp_path / "checkpoints" / "CUB_vgg16_gradcam_vanilla.pth.tar")
     os.remove(tmp_path / "metadata" / "CUB" / "test" / "localization.txt")
     result = subprocess.run(["bash", os.path.join(SCRIPTS, "run_cub.sh"), "--dry_run"],
                             env=env_for(tmp_path), capture_output=True, text=True, cwd=tmp_path,
                             timeout=120)
     assert result.returncode == 1
-    missing_ckpt = str(tmp_path / "checkpoints" / "CUB_resnet50_vanilla.pth.tar")
     missing_meta = str(tmp_path / "metadata" / "CUB" / "test" / "localization.txt")
-    assert f"missing vanilla checkpoint: {missing_ckpt}" in result.stderr
+    for network in ("resnet50", "vgg16_gradcam"):
+        missing_ckpt = str(tmp_path / "checkpoints" / f"CUB_{network}_vanilla.pth.tar")
+        assert f"missing vanilla checkpoint: {missing_ckpt}" in result.stderr
     assert f"missing test metadata file: {missing_meta}" in result.stderr
-    assert "2 problem(s)" in result.stderr
+    assert "3 problem(s)" in result.stderr
     # In-process: an absent dataset folder, a CARS backbone without ImageNet weights.
     fake_layout(tmp_path / "b", datasets=("CARS",))
     shutil.rmtree(tmp_path / "b" / "dataset" / "CARS")
@@ -236,7 +284,7 @@ def test_step_states_resume_and_skip(tmp_path):
     assert run_experiments.step_state(finetune) == ("override", ["--override_cache"])
     touch(folder / "last_checkpoint.pth.tar")
     assert run_experiments.step_state(finetune) == ("resume", ["--resume"])
-    touch(folder / "epoch50_checkpoint.pth.tar")
+    touch(folder / "50_checkpoint.pth.tar")
     assert run_experiments.step_state(finetune) == ("done", [])
     assert run_experiments.step_state(evaluate) == ("fresh", [])
     touch(folder / "results_test.json")
@@ -280,14 +328,13 @@ def tiny_run(tiny_synth_root, tmp_path_factory):
 
 def test_tiny_run_trains_fine_tunes_and_scores_both_branches(tiny_run):
     root, argv, calls = tiny_run
-    assert len(calls) == 5  # vanilla, then per method fine-tune + evaluate
-    for method in ("cam", "gradcam"):
-        results = json.loads((root / "train_log" / f"SYNTH_resnet18_{method}_b2" /
-                              "results_test.json").read_text())
-        assert [(r["method"], r["branch"]) for r in results["rows"]] == [
-            (method, "softmax"), (method, "sigmoid")]
-        assert all(0 <= r["MaxBoxAccV2"] <= 100 and 0 <= r["PxAP"] <= 100
-                   for r in results["rows"])
+    assert len(calls) == 3  # vanilla, then one fine-tuning and evaluation for both methods
+    results = json.loads((root / "train_log" / "SYNTH_resnet18_b2" /
+                          "results_test.json").read_text())
+    assert [(r["method"], r["branch"]) for r in results["rows"]] == [
+        ("cam", "softmax"), ("gradcam", "softmax"), ("cam", "sigmoid"), ("gradcam", "sigmoid")]
+    assert all(0 <= r["MaxBoxAccV2"] <= 100 and 0 <= r["PxAP"] <= 100
+               for r in results["rows"])
     # Run again: every step is found finished and skipped.
     again = []
     assert run_experiments.main(argv, runner=lambda a: again.append(a) or 0) == 0
@@ -308,9 +355,9 @@ def test_make_tables_renders_the_tiny_runs_json(tiny_run, tmp_path, capsys):
         records = list(csv.DictReader(f))
     assert [(r["dataset"], r["backbone"], r["method"]) for r in records] == [
         ("SYNTH", "resnet18", "cam"), ("SYNTH", "resnet18", "gradcam")]
-    results = json.loads((root / "train_log" / "SYNTH_resnet18_cam_b2" /
+    results = json.loads((root / "train_log" / "SYNTH_resnet18_b2" /
                           "results_test.json").read_text())
-    softmax, sigmoid = results["rows"]
+    softmax, sigmoid = [r for r in results["rows"] if r["method"] == "cam"]
     record = records[0]
     assert float(record["MaxBoxAccV2 vanilla"]) == pytest.approx(softmax["MaxBoxAccV2"], abs=1e-4)
     assert float(record["MaxBoxAccV2 ours"]) == pytest.approx(sigmoid["MaxBoxAccV2"], abs=1e-4)
@@ -318,7 +365,7 @@ def test_make_tables_renders_the_tiny_runs_json(tiny_run, tmp_path, capsys):
                                                         abs=1e-3)
     assert float(record["Top-1 Cls ours"]) == pytest.approx(
         results["classification"]["Top-1 Cls"], abs=1e-4)
-    assert record["ours experiment"] == "SYNTH_resnet18_cam_b2"
+    assert record["ours experiment"] == "SYNTH_resnet18_b2"
     assert "| ResNet18 | CAM |" in capsys.readouterr().out
 
 
@@ -343,25 +390,38 @@ def test_make_tables_puts_reference_numbers_beside_ours(tmp_path):
                              str(tmp_path / "logs" / "b"), "--output", str(out),
                              "--include_references"]) == 0
     markdown = (out / "results.md").read_text()
-    assert "| VGG16 | CAM | 43.10 [43.11] | 43.40 (+0.30) [43.13] |" in markdown
-    assert "60.10 [60.00] | 60.40 (+0.30) [60.25]" in markdown
-    assert "58.00 [58.17] | 59.90 (+1.90) [60.16]" in markdown
-    # OpenImages: Top-1 Loc (our fake rows have it), then PxAP with wsolevaluation's baseline
-    assert "| ResNet50 | CAM | — | — | — [58.50*] | — |" in markdown
-    assert "| VGG16 | Grad-CAM | — [37.01] | — [44.69] |" in markdown
+    # Ours, vanilla, and beside each the published number and our difference to it.
+    assert "| 43.10 [43.11, -0.01] | 43.40 (+0.30) [43.13, +0.27] |" in markdown
+    assert "60.10 [60.00, +0.10] | 60.40 (+0.30) [60.25, +0.15]" in markdown
+    assert "58.00 [58.17, -0.17] | 59.90 (+1.90) [60.16, -0.26]" in markdown
+    # The whole of Table 2 and Table 1 is listed, measured or not.
+    assert ("| ResNet50 | Grad-CAM | — [69.01] | — [69.01] | — [41.15] | — [40.33] | "
+            "— [55.29] | — [53.60] | — [57.03] | — [57.99] |") in markdown
+    assert "| ResNet50 | CAM | — [74.02] | — [74.02] | — | — | — [59.36] | — [60.49] |" in markdown
+    assert "| VGG16 | LayerCAM | — | — | — [37.19] | — [41.58] | — [11.27] | — [19.50] |" in markdown
+    assert "| ResNet50 | XGrad-CAM | — [29.53] | — [3.66] | — [14.56] | — [41.41] |" in markdown
+    # wsolevaluation's CAM baseline where the paper has none.
+    assert "| InceptionV3 | CAM | — [56.70*] |" in markdown
     with open(out / "results.csv") as f:
         records = {(r["dataset"], r["backbone"], r["method"]): r for r in csv.DictReader(f)}
     row = records[("ILSVRC", "vgg16", "cam")]
     assert row["MaxBoxAccV2 ref vanilla"] == "60.0" and row["MaxBoxAccV2 ref source"] == "paper"
-    assert records[("ILSVRC", "inception_v3", "cam")]["MaxBoxAccV2 ref source"] == \
+    assert records[("ILSVRC", "inception_v3", "cam")]["MaxBoxAccV2 ref source"] == "paper"
+    assert records[("CUB", "inception_v3", "cam")]["MaxBoxAccV2 ref source"] == \
         "wsolevaluation"
     assert make_tables.main(["--experiments", str(tmp_path / "nothing"),
                              "--output", str(out)]) == 2
+    # Grad-CAM scored on the CAM network is not the paper's Grad-CAM row.
+    write("c", "ILSVRC", "vgg16", "gradcam", 52.0, 59.0)
+    assert make_tables.main(["--experiments", str(tmp_path / "logs" / "c"),
+                             "--output", str(out)]) == 0
+    assert "| VGG16 (vgg16 network) | Grad-CAM | 70.00 | 70.00 (+0.00) |" in \
+        (out / "results.md").read_text()
 
 
 def test_evaluation_wrote_overlays_grids_and_curves(tiny_run):
     root, _, _ = tiny_run
-    folder = root / "train_log" / "SYNTH_resnet18_gradcam_b2"
+    folder = root / "train_log" / "SYNTH_resnet18_b2"
     for branch in ("softmax", "sigmoid"):
         pngs = sorted(os.listdir(folder / "overlays" / "test" / f"gradcam_{branch}"))
         assert len(pngs) == 3 and pngs[0].startswith("00_")
@@ -373,7 +433,7 @@ def test_evaluation_wrote_overlays_grids_and_curves(tiny_run):
 def test_mask_dataset_overlays_show_mask_contours(tiny_run, tmp_path, monkeypatch):
     """Re-score the tiny checkpoint on the OpenImages layout: PxAP only, contours."""
     root, _, _ = tiny_run
-    source = root / "train_log" / "SYNTH_resnet18_cam_b2"
+    source = root / "train_log" / "SYNTH_resnet18_b2"
     copy_as_dataset(root, tmp_path, "OpenImages")
     (tmp_path / "train_log" / "oi").mkdir(parents=True)
     shutil.copy(source / "last_checkpoint.pth.tar", tmp_path / "train_log" / "oi")
@@ -389,9 +449,9 @@ def test_mask_dataset_overlays_show_mask_contours(tiny_run, tmp_path, monkeypatc
 
 
 def test_single_image_overlay_from_either_branch(tiny_run, tmp_path, capsys):
-    from wsol import single_image
+    import explain as single_image
     root, _, _ = tiny_run
-    ckpt = root / "train_log" / "SYNTH_resnet18_cam_b2" / "last_checkpoint.pth.tar"
+    ckpt = root / "train_log" / "SYNTH_resnet18_b2" / "last_checkpoint.pth.tar"
     image = next((root / "dataset" / "SYNTH" / "test").rglob("*.png"))
     out = tmp_path / "photo.png"
     assert single_image.main(["--ckpt", str(ckpt), "--image", str(image), "--method",
@@ -414,16 +474,20 @@ def test_single_image_overlay_from_either_branch(tiny_run, tmp_path, capsys):
                               "--target", "no-such-class"]) == 2
 
 
-def test_inference_py_is_the_single_image_command(tiny_run, tmp_path):
+def test_explain_py_is_the_single_image_command(tiny_run, tmp_path):
     root, _, _ = tiny_run
-    ckpt = root / "train_log" / "SYNTH_resnet18_cam_b2" / "last_checkpoint.pth.tar"
+    ckpt = root / "train_log" / "SYNTH_resnet18_b2" / "last_checkpoint.pth.tar"
     image = next((root / "dataset" / "SYNTH" / "test").rglob("*.png"))
-    result = subprocess.run([sys.executable, os.path.join(REPO, "inference.py"), "--ckpt",
-                             str(ckpt), "--image", str(image), "--method", "cam"],
+    jpeg = tmp_path / (image.stem + ".jpg")  # same stem, another format
+    import cv2
+    cv2.imwrite(str(jpeg), cv2.imread(str(image)))
+    result = subprocess.run([sys.executable, os.path.join(REPO, "explain.py"), "--ckpt",
+                             str(ckpt), "--image", str(image), str(jpeg), "--method", "cam"],
                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
-    written = [p for p in os.listdir(tmp_path) if p.endswith("_cam.png")]
-    assert len(written) == 1
+    written = sorted(p for p in os.listdir(tmp_path) if p.endswith("_cam.png"))
+    # One picture per input: photo.png and photo.jpg do not overwrite each other.
+    assert written == [f"{image.stem}.jpg_cam.png", f"{image.name}_cam.png"]
 
 
 def test_bench_throughput_runs_small_and_reports_every_ratio(tmp_path, capsys):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_loaders import IMAGENET_MEAN, IMAGENET_STD
+from wsol.architectures import IMAGENET_MEAN, IMAGENET_STD
 from wsol import visualize as viz
 
 

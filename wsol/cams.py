@@ -80,8 +80,8 @@ import torch.nn.functional as F
 from wsol.dual_branch import BRANCHES, CAMModel
 
 __all__ = ["CAM_METHODS", "CAMMethod", "CAMInputs", "CAMOutput", "ActivationCapture",
-           "parse_methods", "compute_cams", "compute_cams_per_branch", "evaluation_maps",
-           "normalize_maps", "gradcampp_weights"]
+           "ModelCheckError", "parse_methods", "compute_cams", "compute_cams_per_branch",
+           "evaluation_maps", "normalize_maps", "gradcampp_weights", "verify_cam_model"]
 
 Tensor = torch.Tensor
 
@@ -99,10 +99,14 @@ class ActivationCapture:
     ``torch.no_grad()``.  Everything before the CAM layer runs without a graph
     (nothing there needs one), so the backward only goes through the head.
     The grad mode and the hook are restored/removed on exit, even on errors.
+    The activation is kept in the layer's own layout (``[B, K, h, w]``,
+    channels-last or tokens); :class:`wsol.layouts.ResolvedLayout` reads it
+    as maps.
     """
 
-    def __init__(self, module: nn.Module, requires_grad: bool):
+    def __init__(self, module: nn.Module, requires_grad: bool, name: str = "the CAM layer"):
         self.module = module
+        self.name = name
         self.requires_grad = requires_grad
         self.activation: Tensor | None = None
         self._handle = None
@@ -120,12 +124,13 @@ class ActivationCapture:
         torch.set_grad_enabled(self._grad_mode)
 
     def _hook(self, module: nn.Module, inputs, output) -> Tensor:
-        if not isinstance(output, torch.Tensor) or output.dim() != 4:
-            raise TypeError(f"the CAM layer must output a [B, K, h, w] tensor, got "
+        if not isinstance(output, torch.Tensor) or output.dim() not in (3, 4):
+            raise TypeError(f"the CAM layer {self.name!r} must output a tensor [B, K, h, w], "
+                            f"[B, h, w, K] or tokens [B, N, D], got "
                             f"{getattr(output, 'shape', type(output).__name__)}")
         if self.activation is not None:
-            raise RuntimeError("the CAM layer ran twice in one forward; hook a layer "
-                               "that runs once")
+            raise RuntimeError(f"the CAM layer {self.name!r} ran twice in one forward; hook a "
+                               f"layer that runs once")
         # float32 even under bf16 autocast: the maps and dy/dA are formed in
         # float32 (the head itself still runs under the caller's autocast).
         activation = _full_precision(output.detach())
@@ -151,15 +156,20 @@ def _branch_logits(outputs: dict[str, Tensor | None], branch: str) -> Tensor:
     return outputs["logits"] if branch == "softmax" else outputs["logits_sigmoid"]
 
 
+def _capture(model: CAMModel, requires_grad: bool) -> ActivationCapture:
+    return ActivationCapture(model.feature_module, requires_grad, model.feature_layer_name)
+
+
 def _target_gradients(model: CAMModel, images: Tensor, targets: Tensor | None,
                       branches: Sequence[str]) -> tuple[dict, Tensor, Tensor, dict]:
     """One forward, then one backward per branch through the head only:
-    (outputs, targets, A, {branch: dy/dA}).
+    (outputs, targets, A, {branch: dy/dA}), ``A`` and the gradients as
+    ``[B, K, h, w]``.
 
     The batch is differentiated as the sum of each image's target logit; in
     eval mode the images do not interact, so each image gets its own gradient.
     """
-    with ActivationCapture(model.feature_module, requires_grad=True) as capture:
+    with _capture(model, requires_grad=True) as capture:
         outputs = model(images)
         activation = _captured(capture)
         if targets is None:
@@ -171,17 +181,25 @@ def _target_gradients(model: CAMModel, images: Tensor, targets: Tensor | None,
         raise RuntimeError("the target logit does not depend on the CAM layer output "
                            f"({model.feature_layer_name!r}); check the CAM layer and "
                            "that the model does not disable autograd in its forward")
+    layout = model.resolve_layout(activation.shape, images.shape[-2:])
     gradients = {}
     for i, (branch, score) in enumerate(zip(branches, scores)):
-        (gradients[branch],) = torch.autograd.grad(score, activation,
-                                                   retain_graph=i < len(scores) - 1)
-    return outputs, targets, activation.detach(), gradients
+        (grad,) = torch.autograd.grad(score, activation, retain_graph=i < len(scores) - 1)
+        gradients[branch] = layout.to_nchw(grad)
+    return outputs, targets, layout.to_nchw(activation.detach()), gradients
+
+
+def _forward_activations(model: CAMModel, images: Tensor) -> tuple[dict, Tensor]:
+    """One forward without gradients: (outputs, A as [B, K, h, w])."""
+    with _capture(model, requires_grad=False) as capture:
+        outputs = model(images)
+    activation = _captured(capture)
+    return outputs, model.resolve_layout(activation.shape, images.shape[-2:]).to_nchw(activation)
 
 
 def _captured(capture: ActivationCapture) -> Tensor:
     if capture.activation is None:
-        raise RuntimeError(f"the CAM layer {type(capture.module).__name__} did not run "
-                           "in the forward")
+        raise RuntimeError(f"the CAM layer {capture.name!r} did not run in the forward")
     return capture.activation
 
 
@@ -213,11 +231,8 @@ class CAMInputs:
 
     def class_weights(self) -> Tensor:
         """Head weights of each image's target class on the branch: [B, K]."""
-        weight = self.model.head_weight(self.branch).detach()
-        if weight.shape[1] != self.activations.shape[1]:
-            raise ValueError(f"the head takes {weight.shape[1]} channels but the CAM layer "
-                             f"outputs {self.activations.shape[1]}: CAM needs the head to "
-                             "act directly on the pooled CAM layer")
+        weight, _ = self.model.class_weights(self.branch)
+        _check_weight_channels(self.model, weight, self.activations.shape[1])
         return weight[self.targets].to(self.activations.dtype)
 
     def noisy_gradient_moments(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -309,8 +324,10 @@ class CAMMethod:
     :meth:`raw_map`."""
 
     name: ClassVar[str]
-    needs_gradients: ClassVar[bool] = False  # uses the shared backward
-    rectify: ClassVar[bool] = True           # the definition ends with a ReLU
+    needs_gradients: ClassVar[bool] = False      # uses the shared backward
+    uses_gradients: ClassVar[bool] = False       # any gradient of the target logit
+    needs_class_weights: ClassVar[bool] = False  # the head's class weights (CAM)
+    rectify: ClassVar[bool] = True               # the definition ends with a ReLU
 
     def channel_weights(self, inputs: CAMInputs) -> Tensor:
         raise NotImplementedError
@@ -328,6 +345,7 @@ class CAMMethod:
 
 class CAM(CAMMethod):
     name = "cam"
+    needs_class_weights = True
     rectify = False
 
     def channel_weights(self, inputs):
@@ -337,6 +355,7 @@ class CAM(CAMMethod):
 class GradCAM(CAMMethod):
     name = "gradcam"
     needs_gradients = True
+    uses_gradients = True
 
     def channel_weights(self, inputs):
         return inputs.gradients.mean((2, 3))
@@ -359,6 +378,7 @@ def gradcampp_weights(activations: Tensor, grad: Tensor, grad2: Tensor,
 class GradCAMPlusPlus(CAMMethod):
     name = "gradcam++"
     needs_gradients = True
+    uses_gradients = True
 
     def channel_weights(self, inputs):
         g = inputs.gradients
@@ -368,6 +388,7 @@ class GradCAMPlusPlus(CAMMethod):
 
 class SmoothGradCAMPlusPlus(CAMMethod):
     name = "smoothgradcam++"
+    uses_gradients = True
 
     def channel_weights(self, inputs):
         return gradcampp_weights(inputs.activations, *inputs.noisy_gradient_moments())
@@ -376,6 +397,7 @@ class SmoothGradCAMPlusPlus(CAMMethod):
 class XGradCAM(CAMMethod):
     name = "xgradcam"
     needs_gradients = True
+    uses_gradients = True
 
     def channel_weights(self, inputs):
         a = inputs.activations
@@ -388,6 +410,7 @@ class XGradCAM(CAMMethod):
 class LayerCAM(CAMMethod):
     name = "layercam"
     needs_gradients = True
+    uses_gradients = True
 
     def raw_map(self, inputs):
         return (inputs.gradients.clamp_min(0) * inputs.activations).sum(1)
@@ -403,6 +426,7 @@ class ScoreCAM(CAMMethod):
 class HiResCAM(CAMMethod):
     name = "hirescam"
     needs_gradients = True
+    uses_gradients = True
     rectify = False
 
     def raw_map(self, inputs):
@@ -460,6 +484,192 @@ def parse_methods(spec: str | Sequence[str]) -> list[str]:
     if not names:
         raise ValueError(f"no CAM method given; known methods: {', '.join(CAM_METHODS)}")
     return names
+
+
+# ---------------------------------------------------------------------------
+# Checking a model once, on a real forward
+# ---------------------------------------------------------------------------
+class ModelCheckError(ValueError):
+    """The CAM layer and head of a :class:`CAMModel` do not fit together."""
+
+
+def verify_cam_model(model: CAMModel, images: Tensor,
+                     methods: Sequence[CAMMethod | str] = ("cam",),
+                     branches: Sequence[str] = ("softmax",)) -> None:
+    """Check, on up to two of ``images``, that the model's CAM layer and head
+    give meaningful maps for ``methods`` and ``branches``; a failed check is a
+    :class:`ModelCheckError` naming the layer and what to pass instead.
+
+    * the CAM layer runs exactly once per forward;
+    * with a sigmoid branch, the model's output carries the head's output
+      unchanged (the branch rides along the head's output, see
+      :mod:`wsol.dual_branch`);
+    * gradient methods: the target logit's gradient reaches the layer's map
+      (a ViT's final tokens, for instance, only reach the class token);
+    * ``cam``: the head has class weights and, for every class, the mean of the
+      class map plus the bias equals the logit.
+
+    Runs once per model, input size, method kind and branch set (cached on the
+    model), in float32, in eval mode.
+    """
+    chosen = [CAM_METHODS[m] if isinstance(m, str) else m for m in methods]
+    needs = {"layer"}
+    needs |= {"weights"} if any(m.needs_class_weights for m in chosen) else set()
+    needs |= {"gradients"} if any(m.uses_gradients for m in chosen) else set()
+    key = (tuple(images.shape[-2:]), tuple(branches))
+    done = model.verified.get(key, set())
+    if needs <= done:
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast(images.device.type, enabled=False):
+            probe = images[:2].detach()
+            _check_layer_and_branch(model, probe)
+            if needs - {"layer"}:
+                _check_maps(model, probe, branches, "gradients" in needs, "weights" in needs)
+    finally:
+        model.train(was_training)
+    model.verified[key] = done | needs
+
+
+def _check_layer_and_branch(model: CAMModel, probe: Tensor) -> None:
+    """The layer runs once; the branch does not change the head's logits."""
+    layer = model.feature_layer_name
+    names = {module: name for name, module in model.model.named_modules()}
+    calls: dict[str, int] = {}
+    order: list[str] = []
+
+    def record(module, inputs, output):
+        name = names[module]
+        calls[name] = calls.get(name, 0) + 1
+        order.append(name)
+
+    handles = [m.register_forward_hook(record) for m in names]
+    model._branch_enabled = False
+    try:
+        with torch.no_grad():
+            base = model(probe)["logits"]
+    finally:
+        model._branch_enabled = True
+        for handle in handles:
+            handle.remove()
+    runs = calls.get(layer, 0)
+    if runs == 0:
+        raise ModelCheckError(f"the CAM layer {layer!r} does not run in the model's forward: "
+                              f"pass a module the forward uses")
+    if runs > 1:
+        raise ModelCheckError(f"the CAM layer {layer!r} runs {runs} times in one forward (a "
+                              f"module used in several places): hook a module that runs "
+                              f"once, e.g. {_runs_once_instead(layer, calls, order)!r}")
+    if model.is_dual:
+        with torch.no_grad():
+            both = model(probe)["logits"]
+        if not torch.allclose(both, base, rtol=1e-5, atol=1e-6):
+            raise ModelCheckError(
+                f"the model changes the output of its head {model.head_name!r} across classes "
+                f"before returning it, so the sigmoid branch cannot ride along: give as head "
+                f"the module whose output the model returns")
+
+
+def _runs_once_instead(layer: str, calls: dict[str, int], order: list[str]) -> str:
+    """A module to hook instead of one that runs several times: its innermost
+    parent that runs once, else the module that finished right after its last run."""
+    parts = layer.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        parent = ".".join(parts[:cut])
+        if calls.get(parent) == 1:
+            return parent
+    last = len(order) - 1 - order[::-1].index(layer)
+    after = [n for n in order[last + 1:] if calls.get(n) == 1]
+    return after[0] if after else "(none: wrap the second use in its own module)"
+
+
+def _check_maps(model: CAMModel, probe: Tensor, branches: Sequence[str],
+                needs_grad: bool, needs_weights: bool) -> None:
+    layer = model.feature_layer_name
+    head_input: dict[str, Tensor] = {}
+
+    def keep_input(module, inputs, output) -> None:
+        head_input.setdefault("x", inputs[0].detach())
+
+    handle = model.head_module.register_forward_hook(keep_input)
+    try:
+        outputs, _, activations, gradients = _target_gradients(model, probe, None, branches)
+    finally:
+        handle.remove()
+    if needs_grad:
+        for branch in branches:
+            if not bool(gradients[branch].ne(0).any()):
+                raise ModelCheckError(
+                    f"the gradient of the {branch} logit does not reach the map of the CAM "
+                    f"layer {layer!r} (it is zero everywhere): the head reads something this "
+                    f"layer's map does not feed (for a ViT, the final tokens only reach the "
+                    f"class token); hook an earlier layer, e.g. the last block's first norm")
+    if not needs_weights:
+        return
+    pooled = activations.mean((2, 3))
+    for branch in branches:
+        try:
+            weight, bias = model.class_weights(branch)
+        except ValueError as error:
+            raise ModelCheckError(str(error)) from None
+        _check_weight_channels(model, weight, activations.shape[1])
+        logits = _full_precision(_branch_logits(outputs, branch).detach())
+        predicted = pooled @ weight.t() + bias
+        scale = pooled.abs() @ weight.abs().t() + bias.abs()
+        error = (predicted - logits).abs()
+        if bool((error > 1e-3 * scale + 1e-5).any()):
+            worst = float((error / scale.clamp_min(1e-12)).max()) * 100
+            raise ModelCheckError(
+                f"cam is not defined for the CAM layer {layer!r} with the head "
+                f"{model.head_name!r}: the mean of a class map plus the bias differs from the "
+                f"logit by up to {worst:.0f}% of its terms, so the head does not act on the "
+                f"spatial mean of this layer's output; "
+                + _pooled_layer_hint(model, probe, head_input.get("x")))
+
+
+def _pooled_layer_hint(model: CAMModel, probe: Tensor, head_input: Tensor | None) -> str:
+    """Which module's spatially averaged output is the head's input, if any."""
+    if head_input is not None and head_input.dim() == 4:
+        head_input = head_input.mean((2, 3))
+    found: list[str] = []
+    if head_input is not None and head_input.dim() == 2:
+        target = head_input.float()
+        pooled: dict[str, Tensor] = {}
+
+        def record(module, inputs, output, name):
+            if isinstance(output, torch.Tensor) and output.dim() in (3, 4):
+                try:
+                    layout = model.resolve_layout(output.shape, probe.shape[-2:])
+                except ValueError:
+                    return
+                maps = layout.to_nchw(output.detach().float())
+                if maps.shape[1] == target.shape[1]:
+                    pooled[name] = maps.mean((2, 3))
+
+        handles = [m.register_forward_hook(lambda mod, i, o, n=n: record(mod, i, o, n))
+                   for n, m in model.model.named_modules() if n]
+        try:
+            with torch.no_grad():
+                model(probe)
+        finally:
+            for handle in handles:
+                handle.remove()
+        found = [n for n, p in pooled.items()
+                 if torch.allclose(p, target, rtol=1e-4, atol=1e-5)]
+    if found:
+        return f"pass the layer whose output it pools: {found[0]!r}"
+    return ("no module's averaged output is its input (it reads e.g. a class token or "
+            "normalised features): use a gradient method (gradcam, gradcam++, layercam, ...)")
+
+
+def _check_weight_channels(model: CAMModel, weight: Tensor, channels: int) -> None:
+    if weight.shape[1] != channels:
+        raise ModelCheckError(
+            f"the head {model.head_name!r} reads {weight.shape[1]} features but the CAM layer "
+            f"{model.feature_layer_name!r} has {channels} channels: cam needs the head to act "
+            f"on the spatial mean of the CAM layer's output")
 
 
 # ---------------------------------------------------------------------------
@@ -545,7 +755,9 @@ def compute_cams_per_branch(model: CAMModel, images: Tensor, targets: Tensor | N
         with torch.inference_mode(False):
             images = images.clone()
             targets = None if targets is None else targets.clone()
+            verify_cam_model(model, images, chosen, branches)
             return _compute(model, images, targets, chosen, branches, settings)
+    verify_cam_model(model, images, chosen, branches)
     return _compute(model, images, targets, chosen, branches, settings)
 
 
@@ -565,9 +777,8 @@ def _compute(model, images, targets, chosen, branches, settings) -> dict[str, CA
         outputs, targets, activations, gradients = _target_gradients(
             model, images, targets, branches)
     else:
-        with ActivationCapture(model.feature_module, requires_grad=False) as capture:
-            outputs = model(images)
-        activations, gradients = _captured(capture), {}
+        outputs, activations = _forward_activations(model, images)
+        gradients = {}
         if targets is None:
             targets = outputs["logits"].argmax(1)
     clamp = settings.pop("clamp")
@@ -602,26 +813,46 @@ def normalize_maps(maps: Tensor) -> Tensor:
     return torch.where(ok, (maps - low) / torch.where(ok, spread, 1.0), 0.0)
 
 
+MAP_STYLES = ("wsolevaluation", "public_code")
+
+
 def evaluation_maps(output: CAMOutput | dict[str, Tensor], size: tuple[int, int],
-                    mode: str = "bilinear", normalize: bool = True) -> dict[str, Tensor]:
-    """Evaluation-ready maps (SPEC §3): per method its final ReLU where its
-    definition has one, resize to ``size`` (``mode``, align_corners=False),
-    min-max normalisation per map, constant or NaN maps -> zeros.  Values
-    in [0, 1], float32, [B, *size].  ``normalize=False`` stops before the
-    normalisation (for evaluators that normalise, and count NaN maps)."""
+                    mode: str = "bicubic", normalize: bool = True,
+                    style: str = "wsolevaluation") -> dict[str, Tensor]:
+    """Evaluation-ready maps: per method its final ReLU where its definition
+    has one, resize to ``size`` (``mode``, align_corners=False; bicubic is
+    OpenCV's INTER_CUBIC, which wsolevaluation uses), min-max normalisation
+    per map, constant or NaN maps -> zeros.  Values in [0, 1], float32,
+    [B, *size].  ``normalize=False`` stops before the normalisation (for
+    evaluators that normalise, and count NaN maps).
+
+    ``style="public_code"`` post-processes as the method's public code does
+    (docs/reproducing.md): ``cam`` as above with bicubic resizing; every other
+    method ReLU, min-max normalised with a 1e-7 guard, then resized
+    *bilinearly* (its Grad-CAM library), before the final normalisation."""
     maps = output.maps if isinstance(output, CAMOutput) else output
     if mode not in ("bilinear", "bicubic", "nearest", "area"):
         raise ValueError(f"unsupported resize mode {mode!r}")
-    align_corners = False if mode in ("bilinear", "bicubic") else None
+    if style not in MAP_STYLES:
+        raise ValueError(f"unknown map style {style!r}; choose one of {MAP_STYLES}")
     result = {}
     for name, raw in maps.items():
         if name not in CAM_METHODS:
             raise ValueError(f"unknown CAM method {name!r}; known methods: "
                              f"{', '.join(CAM_METHODS)}")
         raw = raw.float()
-        if CAM_METHODS[name].rectify:
+        how = mode
+        if style == "public_code":
+            how = "bicubic"
+            if name != "cam":
+                raw = raw.clamp_min(0)
+                low = raw.amin((1, 2), keepdim=True)
+                raw = (raw - low) / (1e-7 + (raw - low).amax((1, 2), keepdim=True))
+                how = "bilinear"
+        elif CAM_METHODS[name].rectify:
             raw = raw.clamp_min(0)  # NaN stays NaN, so such a map still becomes zeros
-        resized = F.interpolate(raw[:, None], size=tuple(size), mode=mode,
-                                align_corners=align_corners)[:, 0]
+        resized = F.interpolate(raw[:, None], size=tuple(size), mode=how,
+                                align_corners=False if how in ("bilinear", "bicubic")
+                                else None)[:, 0]
         result[name] = normalize_maps(resized) if normalize else resized
     return result

@@ -4,22 +4,31 @@ Every load uses ``torch.load(..., weights_only=True)``: a file that needs
 arbitrary unpickling is refused, never executed.  Checkpoints are written to a
 temporary file and renamed, so an interrupted save never leaves a truncated
 file that looks valid.
+
+Checkpoints use the public code's layout: the base model's keys as its
+network names them and the sigmoid branch under the network's own branch
+name (``fc2``, ``SPG_A4_2``, ``classifier_2``, ``head2``); keys may carry
+DataParallel's ``module.`` prefix.  ImageNet weights come from a local file
+or from torchvision's own cache (``$TORCH_HOME/hub/checkpoints``) or timm's
+(the Hugging Face cache); nothing is downloaded.
 """
 from __future__ import annotations
 
 import os
 import pickle
-import re
 import tempfile
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from wsol.architectures import ArchitectureSpec
 from wsol.dual_branch import SIGMOID_BRANCH, CAMModel
 
 __all__ = ["CheckpointError", "load_checkpoint_file", "save_checkpoint",
-           "load_into_cam_model", "load_torchvision_pretrained", "export_state_dict"]
+           "load_into_cam_model", "load_pretrained", "find_pretrained", "export_state_dict",
+           "link_checkpoint", "MODEL_SETTINGS", "recorded_settings", "check_settings",
+           "resolve_settings", "model_from_checkpoint"]
 
 
 class CheckpointError(RuntimeError):
@@ -30,6 +39,9 @@ def load_checkpoint_file(path: str) -> dict[str, Any]:
     """Read a checkpoint safely; returns a dict with at least ``state_dict``."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return {"state_dict": load_file(path)}
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -63,11 +75,23 @@ def save_checkpoint(payload: dict[str, Any], path: str) -> None:
         raise
 
 
+def link_checkpoint(source: str, path: str) -> None:
+    """Make ``path`` the same file as ``source`` (a hard link, atomically
+    replacing ``path``; a copy where links are not supported)."""
+    tmp = path + ".link.tmp"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        import shutil
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, path)
+
+
 def export_state_dict(model: CAMModel) -> dict[str, torch.Tensor]:
-    """Weights in the public code's layout: base keys as wsolevaluation names
-    them (``fc.weight``...) and the sigmoid branch as ``fc2.*``."""
-    return {k[len("model."):] if k.startswith("model.") else k: v
-            for k, v in model.state_dict().items()}
+    """Weights in the public code's layout (see the module docstring)."""
+    return {model.public_name(k): v for k, v in model.state_dict().items()}
 
 
 def _strip(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -77,7 +101,7 @@ def _strip(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.
 
 
 def _describe_mismatch(path: str, missing: list[str], unexpected: list[str],
-                       shapes: list[str]) -> str:
+                       shapes: list[str], hint: str) -> str:
     def head(keys):
         return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
     parts = [f"checkpoint {path} does not fit the model"]
@@ -87,85 +111,245 @@ def _describe_mismatch(path: str, missing: list[str], unexpected: list[str],
         parts.append(f"unexpected keys: {head(unexpected)}")
     if shapes:
         parts.append(f"shape mismatches: {head(shapes)}")
-    parts.append("check --architecture, --large_feature_map and the dataset's number of classes")
+    parts.append(hint)
     return "; ".join(parts)
 
 
+_FIT_HINT = "check --architecture, --large_feature_map, --crop_size and the number of classes"
+
+
 def _load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], path: str,
-                 allowed_missing: tuple[str, ...] = ()) -> None:
+                 hint: str = _FIT_HINT) -> None:
     own = module.state_dict()
-    missing = [k for k in own if k not in state_dict and not k.startswith(allowed_missing)]
+    missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
               for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
     if missing or unexpected or shapes:
-        raise CheckpointError(_describe_mismatch(path, missing, unexpected, shapes))
+        raise CheckpointError(_describe_mismatch(path, missing, unexpected, shapes, hint))
     module.load_state_dict(state_dict, strict=False)
 
 
-def load_into_cam_model(model: CAMModel, path: str) -> dict[str, Any]:
-    """Load a vanilla or dual-branch checkpoint (ours or wsolevaluation's,
+def load_into_cam_model(model: CAMModel, path: str,
+                        checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load a vanilla or dual-branch checkpoint (ours or the public code's,
     keys possibly prefixed ``module.``).  A vanilla checkpoint fills the base
-    model; a dual-branch one also fills ``fc2``.  Returns the checkpoint dict."""
-    checkpoint = load_checkpoint_file(path)
+    model; a dual-branch one also fills the branch.  Returns the checkpoint
+    (``checkpoint``: the file's contents, when already read)."""
+    if checkpoint is None:
+        checkpoint = load_checkpoint_file(path)
     state = _strip(checkpoint["state_dict"], "module.")
     state = {k[len("model."):] if k.startswith("model.") else k: v for k, v in state.items()}
-    branch = {k[len(SIGMOID_BRANCH) + 1:]: v for k, v in state.items()
-              if k.startswith(SIGMOID_BRANCH + ".")}
-    base = {k: v for k, v in state.items() if not k.startswith(SIGMOID_BRANCH + ".")}
-    _load_strict(model.model, base, path)
+    branch_names = {SIGMOID_BRANCH, model.sigmoid_branch_name}
+    branch = {k.split(".", 1)[1]: v for k, v in state.items()
+              if k.split(".", 1)[0] in branch_names and "." in k}
+    base = {k: v for k, v in state.items() if k.split(".", 1)[0] not in branch_names}
+    recorded = checkpoint.get("architecture")
+    hint = (f"it is a {recorded} checkpoint: pass --architecture {recorded}"
+            if recorded and recorded != model.architecture else _FIT_HINT)
+    _load_strict(model.model, base, path, hint)
     if model.fc2 is not None:
         if not branch:
             raise CheckpointError(
-                f"{path} is a vanilla checkpoint without the sigmoid branch fc2: "
-                f"fine-tune one first (--model_structure b2 --ft_ckpt {path}), or "
-                f"evaluate it as --model_structure vanilla")
-        _load_strict(model.fc2, branch, path)
+                f"{path} is a vanilla checkpoint without the sigmoid branch "
+                f"{model.sigmoid_branch_name}: fine-tune one first (--model_structure b2 "
+                f"--ft_ckpt {path}), or evaluate it as --model_structure vanilla")
+        _load_strict(model.fc2, branch, path, hint)
     return checkpoint
 
 
-def _align_vgg_features(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """torchvision numbers VGG's conv layers with the max-pools in between; a
-    model that drops a max-pool (large_feature_map) shifts the indices."""
-    pattern = re.compile(r"^features\.(\d+)\.")
-    src = sorted({int(m.group(1)) for k in state if (m := pattern.match(k))})
-    dst = sorted({int(m.group(1)) for k in model.state_dict() if (m := pattern.match(k))})
-    mapping = dict(zip(src, dst))
-    out = {}
-    for k, v in state.items():
-        m = pattern.match(k)
-        out[f"features.{mapping[int(m.group(1))]}.{k[m.end():]}" if m else k] = v
-    return out
+# ---------------------------------------------------------------------------
+# ImageNet weights from local files or the libraries' own caches
+# ---------------------------------------------------------------------------
+def _torchvision_file(spec: ArchitectureSpec) -> tuple[str, str]:
+    """(file name, download address) of torchvision's ImageNet weights."""
+    import torchvision
+    weights = getattr(torchvision.models, spec.torchvision_weights).IMAGENET1K_V1
+    return os.path.basename(weights.url), weights.url
 
 
-def load_torchvision_pretrained(model: CAMModel, path: str) -> None:
-    """Initialise the backbone from a local torchvision ImageNet ``.pth``.
+# The file names the public code looks for in its --pretrained_path folder.
+_PUBLIC_CODE_FILES = {"vgg16": "vgg16.pth", "vgg16_gradcam": "vgg16.pth",
+                      "inception_v3": "inceptionv3.pth", "inception_v3_gradcam": "inceptionv3.pth",
+                      "resnet50": "resnet50.pth"}
 
-    Keys of layers the CAM architecture does not have (classifier, aux
-    logits, Mixed_7*) are dropped; the CAM-specific layers (conv6, SPG_A3_*,
-    head) stay at their initialisation.  Any other mismatch is an error.
+
+def find_pretrained(spec: ArchitectureSpec, path: str | None = None) -> str:
+    """The ImageNet weight file of ``spec``: ``path`` itself, a file inside the
+    folder ``path``, or torchvision's / timm's cache; a missing file is one
+    error saying which file to put where."""
+    if path and os.path.isfile(path):
+        return path
+    if spec.torchvision_weights:
+        name, url = _torchvision_file(spec)
+        folder = path or os.path.join(torch.hub.get_dir(), "checkpoints")
+        for candidate in (name, _PUBLIC_CODE_FILES.get(spec.name)):
+            if candidate and os.path.isfile(os.path.join(folder, candidate)):
+                return os.path.join(folder, candidate)
+        where = (f"into {folder}" if path else
+                 f"into torchvision's cache {folder} ($TORCH_HOME/hub/checkpoints)")
+        raise CheckpointError(f"no ImageNet weights for {spec.name}: put {name} ({url}) "
+                              f"{where}, or pass --pretrained_path FILE")
+    if spec.timm_name:
+        import timm
+        cfg = timm.create_model(spec.timm_name, pretrained=False).pretrained_cfg
+        hub_id = cfg.get("hf_hub_id")
+        if hub_id:
+            from huggingface_hub import try_to_load_from_cache
+            for filename in ("model.safetensors", "pytorch_model.bin"):
+                found = try_to_load_from_cache(hub_id, filename)
+                if isinstance(found, str):
+                    return found
+        raise CheckpointError(f"no ImageNet weights for {spec.name} in timm's cache (the "
+                              f"Hugging Face cache, model {hub_id}): download them there or "
+                              f"pass --pretrained_path FILE")
+    raise CheckpointError(f"{spec.name} has no known ImageNet weights: pass --pretrained_path "
+                          f"FILE")
+
+
+def load_pretrained(model: CAMModel, spec: ArchitectureSpec, path: str) -> None:
+    """Initialise the model from ImageNet weights (:func:`find_pretrained`).
+
+    Layers the file does not have (conv6, SPG_A3_*, the head of another class
+    count) keep their initialisation; layers the network does not have
+    (classifier of VGG16-CAM, auxiliary logits) are dropped by the
+    architecture's key map; any other mismatch is an error.
     """
     state = _strip(load_checkpoint_file(path)["state_dict"], "module.")
+    if spec.pretrained_keys is not None:
+        state = spec.pretrained_keys(state, model.model)
     own = model.model.state_dict()
-    if model.architecture == "vgg16":
-        state = _align_vgg_features({k: v for k, v in state.items()
-                                     if k.startswith("features.")}, model.model)
-    state = {k: v for k, v in state.items() if k in own or not _is_droppable(k)}
+    head = model.head_name + "."
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-              for k, v in state.items() if k in own and v.shape != own[k].shape]
-    head_prefix = model.head_name + "."
-    shapes_not_head = [s for s in shapes if not s.startswith(head_prefix)]
-    missing = [k for k in own if k not in state and not _is_cam_specific(k, model)]
-    if unexpected or shapes_not_head or missing:
-        raise CheckpointError(_describe_mismatch(path, missing, unexpected, shapes_not_head))
-    state = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
-    model.model.load_state_dict(state, strict=False)
+              for k, v in state.items() if k in own and v.shape != own[k].shape
+              and not k.startswith(head)]
+    loaded = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    missing = [k for k in own if k not in loaded and not k.startswith(head)
+               and not k.startswith(spec.fresh_layers)]
+    if unexpected or shapes or missing:
+        raise CheckpointError(_describe_mismatch(
+            path, missing, unexpected, shapes,
+            f"is it {spec.name}'s ImageNet weight file?"))
+    model.model.load_state_dict(loaded, strict=False)
 
 
-def _is_droppable(key: str) -> bool:
-    return key.startswith(("classifier.", "AuxLogits.", "Mixed_7", "fc."))
+# ---------------------------------------------------------------------------
+# Rebuilding a model from what its checkpoint records
+# ---------------------------------------------------------------------------
+# What a training run records about its model (checkpoint and config.json).
+MODEL_SETTINGS = ("architecture", "num_classes", "model_structure", "large_feature_map",
+                  "crop_size", "resize_size", "cam_layer", "head", "sigmoid_init",
+                  "frozen_mode", "replay", "dataset_name")
+_DEFAULTS = {"large_feature_map": False, "crop_size": 224, "resize_size": 256,
+             "cam_layer": None, "head": None, "sigmoid_init": "clone", "frozen_mode": "eval",
+             "replay": "none", "dataset_name": None}
 
 
-def _is_cam_specific(key: str, model: CAMModel) -> bool:
-    return key.startswith((model.head_name + ".", "conv6.", "SPG_A3_", "SPG_A4."))
+def _experiment_config(path: str) -> dict:
+    """The ``config.json`` of the experiment folder holding ``path``, if any."""
+    config = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    if not os.path.isfile(config):
+        return {}
+    import json
+    try:
+        with open(config, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    if "network" in data:  # the resolved architecture (config.json keeps both)
+        data["architecture"] = data["network"]
+    return data
+
+
+def recorded_settings(path: str, checkpoint: dict | None = None) -> dict[str, Any]:
+    """What the checkpoint (and its experiment's ``config.json``) record of
+    :data:`MODEL_SETTINGS`; missing keys are absent (a bare wsolevaluation
+    checkpoint records little).  Reads the file memory-mapped when it is not given."""
+    if checkpoint is None:
+        if not os.path.isfile(path):
+            raise CheckpointError(f"checkpoint not found: {path}")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # an older format without mmap support, or a plain state dict
+            checkpoint = load_checkpoint_file(path)
+    config = _experiment_config(path)
+    settings = {k: config[k] for k in MODEL_SETTINGS if k in config}
+    if isinstance(checkpoint, dict):
+        settings.update({k: checkpoint[k] for k in MODEL_SETTINGS if k in checkpoint})
+    return settings
+
+
+# Settings that only describe how a model was trained: never a conflict.
+_TRAINING_ONLY = ("sigmoid_init", "frozen_mode", "dataset_name")
+
+
+def check_settings(path: str, recorded: dict[str, Any], given: dict[str, Any],
+                   same: dict[str, Any] | None = None) -> None:
+    """A :class:`CheckpointError` naming both values when a setting the user
+    gave explicitly contradicts what the checkpoint records; ``same``: per
+    key, a function deciding whether two values agree (default: equality)."""
+    for key, value in given.items():
+        if key in _TRAINING_ONLY or key not in recorded or value is None:
+            continue
+        agree = (same or {}).get(key, lambda a, b: a == b)
+        if not agree(recorded[key], value):
+            raise CheckpointError(
+                f"{path} was trained with {_flag(key)} {_show(recorded[key])}, not "
+                f"{_show(value)}: drop {_flag(key)} (it is read from the checkpoint) or "
+                f"evaluate a checkpoint of that setting")
+
+
+def resolve_settings(path: str, given: dict[str, Any], checkpoint: dict | None = None
+                     ) -> dict[str, Any]:
+    """The model settings of a checkpoint: what it records, with ``given``
+    (values the user passed explicitly) filling the gaps; a given value that
+    contradicts a recorded one is an error (:func:`check_settings`)."""
+    recorded = recorded_settings(path, checkpoint)
+    check_settings(path, recorded, given)
+    settings = {**_DEFAULTS, **{k: v for k, v in given.items() if v is not None}, **recorded}
+    if not settings.get("architecture"):
+        raise CheckpointError(f"{path} does not say which architecture it is: pass "
+                              f"--architecture (vgg16, resnet50, inception_v3, ...)")
+    return settings
+
+
+def _flag(key: str) -> str:
+    return {"architecture": "--architecture"}.get(key, f"--{key}")
+
+
+def _show(value: Any) -> str:
+    return str(value).upper() if isinstance(value, bool) else str(value)
+
+
+def model_from_checkpoint(path: str, given: dict[str, Any] | None = None
+                          ) -> tuple[CAMModel, ArchitectureSpec, dict[str, Any]]:
+    """The :class:`CAMModel` of a checkpoint, rebuilt from what it records
+    (``given`` fills what it does not), weights loaded, in eval mode."""
+    from wsol.architectures import build_cam_model
+    checkpoint = load_checkpoint_file(path)
+    settings = resolve_settings(path, dict(given or {}), checkpoint)
+    state = _strip(checkpoint["state_dict"], "module.")
+    model, spec = build_cam_model(settings["architecture"], settings.get("num_classes") or 1,
+                                  settings["large_feature_map"], settings["crop_size"],
+                                  settings["cam_layer"], settings["head"])
+    if not settings.get("num_classes"):  # a bare checkpoint: its head says
+        head = state.get(model.head_name + ".weight")
+        if head is None:
+            raise CheckpointError(f"{path} has no {model.head_name}.weight: is it a "
+                                  f"{settings['architecture']} checkpoint? (pass "
+                                  f"--architecture / --num_classes)")
+        settings["num_classes"] = int(head.shape[0])
+        model, spec = build_cam_model(settings["architecture"], settings["num_classes"],
+                                      settings["large_feature_map"], settings["crop_size"],
+                                      settings["cam_layer"], settings["head"])
+    if "model_structure" not in settings:
+        branch = {SIGMOID_BRANCH, model.sigmoid_branch_name}
+        settings["model_structure"] = ("b2" if any(k.split(".", 1)[0] in branch for k in state)
+                                       else "vanilla")
+    if settings["model_structure"] == "b2":
+        model.add_sigmoid_branch("clone")
+    load_into_cam_model(model, path, checkpoint)
+    return model.eval(), spec, settings

@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from data_loaders import IMAGENET_MEAN, IMAGENET_STD, bad_image
+from data_loaders import bad_image
+from wsol.architectures import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["DeviceDecoder", "DecodedLoader"]
 
@@ -31,14 +32,14 @@ class DeviceDecoder:
     """Turns a batch of encoded files into the model's normalised input."""
 
     def __init__(self, device: torch.device, train: bool, resize_size: int, crop_size: int,
-                 skip_bad_images: bool = False):
+                 skip_bad_images: bool = False, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.device = torch.device(device)
         self.train = train
         self.resize_size = resize_size
         self.crop_size = crop_size
         self.skip_bad_images = skip_bad_images
-        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
 
     def decode(self, encoded: list[torch.Tensor], image_ids: list[str]
                ) -> list[torch.Tensor | None]:

@@ -1,26 +1,37 @@
 """The dual-branch sigmoid head, as one mechanism for any classifier.
 
-:class:`CAMModel` wraps a classifier given two module names: its CAM feature
-layer (activations ``A``) and its classification head (a ``Linear`` on
-``GAP(A)`` or a 1x1 ``Conv2d`` on ``A`` followed by GAP).  ``add_sigmoid_branch``
-puts a second head of the same shape beside the first (``fc2``): a forward hook
-on the original head runs ``fc2`` on the same input and appends its outputs as
-extra channels, so whatever follows the head (pooling, flatten) carries both
-branches and the model's own ``forward`` needs no change.  The concatenated
-logits are split back into the softmax and sigmoid branches.
+:class:`CAMModel` wraps a classifier given two module names: its CAM layer
+(activations ``A``) and its classification head (whatever maps the pooled
+features or tokens to logits: a Linear, a 1x1 conv before GAP, an MLP, a
+LayerNorm + Linear, a Linear on the class token).  ``add_sigmoid_branch``
+puts a second head of the same shape beside the first (the sigmoid branch,
+``fc2``): a forward hook on the original head runs the branch on the same
+input and appends its outputs as extra classes, so whatever follows the head
+(pooling, flatten, a dict) carries both branches and the model's own
+``forward`` needs no change.  The logits are then split back into the softmax
+and sigmoid branches.  :func:`wsol.cams.verify_cam_model` checks on a real
+forward that this holds for the model at hand.
+
+Checkpoints name the branch as the method's public code does for each
+network (``fc2``, ``SPG_A4_2``, ``classifier_2``, ``head2``:
+``sigmoid_branch``); :meth:`CAMModel.public_name` gives those names.
 """
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn as nn
 
-__all__ = ["CAMModel", "BRANCHES"]
+from wsol.heads import LogitsExtractor, class_dim, class_weights, head_channels, head_classes
+from wsol.layouts import FeatureLayout, ResolvedLayout
+
+__all__ = ["CAMModel", "BRANCHES", "SIGMOID_BRANCH", "FROZEN_MODES", "normal_branch_init"]
 
 BRANCHES = ("softmax", "sigmoid")
-SIGMOID_BRANCH = "fc2"  # the public code's name, also used by --unfreeze_layer
+SIGMOID_BRANCH = "fc2"  # the attribute holding the branch; "fc2" also names it on the CLI
+FROZEN_MODES = ("eval", "public_code")
 
 
 class CAMModel(nn.Module):
@@ -28,32 +39,53 @@ class CAMModel(nn.Module):
 
     ``forward`` returns ``{"logits": softmax-branch logits,
     "logits_sigmoid": sigmoid-branch logits or None}``.
+
+    Keyword options: ``layout`` of the CAM layer (``auto``, ``nchw``,
+    ``nhwc``, ``tokens``; see :mod:`wsol.layouts`) with ``num_prefix_tokens``,
+    ``grid`` and ``patch_size`` for token layers (inferred when not given);
+    ``output``: where the logits are in the model's output (a dict key, a
+    tuple index or a callable; default: found automatically);
+    ``sigmoid_branch``: the branch's name in checkpoints; ``branch_init``:
+    the ``random`` initialisation of the branch.
     """
 
     def __init__(self, model: nn.Module, feature_layer: str, head: str,
-                 architecture: str = "custom"):
+                 architecture: str = "custom", *, layout: str = "auto",
+                 num_prefix_tokens: int | None = None, grid: tuple[int, int] | None = None,
+                 patch_size: int | None = None,
+                 output: str | int | Callable[[Any], torch.Tensor] | None = None,
+                 sigmoid_branch: str = SIGMOID_BRANCH,
+                 branch_init: Callable[[nn.Module], None] | None = None):
         super().__init__()
         self.model = model
         self.architecture = architecture
         self.feature_layer_name = feature_layer
         self.head_name = head
         modules = dict(model.named_modules())
-        for kind, name in (("feature layer", feature_layer), ("head", head)):
-            if name not in modules:
-                raise ValueError(f"{kind} {name!r} is not a module of {type(model).__name__}")
+        for kind, name in (("CAM layer", feature_layer), ("head", head)):
+            if name not in modules or not name:
+                known = ", ".join(n for n, m in model.named_children())
+                raise ValueError(f"the {kind} {name!r} is not a module of "
+                                 f"{type(model).__name__} (its top-level modules: {known})")
         head_module = modules[head]
-        if isinstance(head_module, nn.Linear):
-            self.num_classes = head_module.out_features
-        elif isinstance(head_module, nn.Conv2d) and head_module.kernel_size == (1, 1):
-            self.num_classes = head_module.out_channels
-        else:
-            raise ValueError(f"head {head!r} must be nn.Linear or a 1x1 nn.Conv2d, "
-                             f"got {type(head_module).__name__}")
+        self.num_classes = head_classes(head_module, head)
+        self.head_channels = head_channels(head_module)
+        self._class_dim = class_dim(head_module)
+        if patch_size is None:
+            patch_size = _patch_size(model)
+        self.layout = FeatureLayout(layout, num_prefix_tokens,
+                                    tuple(grid) if grid is not None else None, patch_size)
+        self.extract_logits = LogitsExtractor(output)
+        self.sigmoid_branch_name = sigmoid_branch
+        self.branch_init = branch_init
         self.fc2: nn.Module | None = None
         self._hook = None
         self.backbone_frozen = False
+        self.frozen_mode = "eval"
         self._only_branch_trains = False  # every trainable parameter is in fc2
         self._grad_from_head = False      # set during a branch-only training forward
+        self._branch_enabled = True       # off only while checking the model
+        self.verified: dict = {}          # wsol.cams.verify_cam_model's cache
 
     # -- structure -------------------------------------------------------
     @property
@@ -78,24 +110,44 @@ class CAMModel(nn.Module):
             return self.fc2
         return self.head_module
 
-    def head_weight(self, branch: str) -> torch.Tensor:
-        """Class weights of a branch as ``[num_classes, channels]``."""
-        weight = self.branch_head(branch).weight
-        return weight.reshape(weight.shape[0], -1)
+    def class_weights(self, branch: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """CAM's class weights of a branch, ``(W [C, K], b [C])``; an error
+        (:class:`wsol.heads.HeadNotLinear`) for a head that has none."""
+        name = self.head_name if branch == "softmax" else self.sigmoid_branch_name
+        return class_weights(self.branch_head(branch), name)
+
+    def resolve_layout(self, shape: tuple[int, ...], input_size: tuple[int, int]
+                       ) -> ResolvedLayout:
+        return self.layout.resolve(tuple(shape), tuple(input_size), self.head_channels,
+                                   self.feature_layer_name)
+
+    # -- names as the public code writes them ------------------------------
+    def public_name(self, name: str) -> str:
+        """``model.features.0.weight`` -> ``features.0.weight``;
+        ``fc2.weight`` -> ``<sigmoid_branch>.weight``."""
+        if name.startswith("model."):
+            return name[len("model."):]
+        if name == SIGMOID_BRANCH or name.startswith(SIGMOID_BRANCH + "."):
+            return self.sigmoid_branch_name + name[len(SIGMOID_BRANCH):]
+        return name
+
+    def _selects(self, prefix: str, name: str, public: str) -> bool:
+        """Whether an --unfreeze_layer prefix selects a parameter."""
+        if prefix in (SIGMOID_BRANCH, self.sigmoid_branch_name):
+            return name.startswith(SIGMOID_BRANCH + ".")
+        return any(n == prefix or n.startswith(prefix + ".") for n in (public, name))
 
     # -- the sigmoid branch ----------------------------------------------
     def add_sigmoid_branch(self, init: Literal["clone", "random"] = "clone") -> "CAMModel":
-        """Add ``fc2``: a copy of the head (``clone``, the paper) or a fresh
-        one with N(0, 0.01) weights and zero bias (``random``, the public code)."""
+        """Add the branch: a copy of the head (``clone``, the paper) or a fresh
+        one initialised as the public code does (``random``)."""
         if self.fc2 is not None:
             raise ValueError("the model already has a sigmoid branch")
+        if init not in ("clone", "random"):
+            raise ValueError(f"unknown sigmoid-branch init {init!r}; use clone or random")
         branch = copy.deepcopy(self.head_module)
         if init == "random":
-            nn.init.normal_(branch.weight, 0.0, 0.01)
-            if branch.bias is not None:
-                nn.init.zeros_(branch.bias)
-        elif init != "clone":
-            raise ValueError(f"unknown sigmoid-branch init {init!r}; use clone or random")
+            (self.branch_init or normal_branch_init)(branch)
         for p in branch.parameters():
             p.requires_grad_(True)
         self.fc2 = branch
@@ -103,40 +155,64 @@ class CAMModel(nn.Module):
         return self
 
     def _append_sigmoid_branch(self, module, inputs, output):
+        if not self._branch_enabled:
+            return output
         if self._grad_from_head:
-            # The backbone ran without autograd; record from here on (fc2 and
-            # whatever follows the head, e.g. a GAP after a 1x1-conv head).
+            # The backbone ran without autograd; record from here on (the
+            # branch and whatever follows the head, e.g. a GAP after a conv head).
             torch.set_grad_enabled(True)
-        return torch.cat([output, self.fc2(inputs[0])], dim=1)
+        return torch.cat([output, self.fc2(*inputs)], dim=self._class_dim)
 
-    def freeze_backbone(self, trainable: tuple[str, ...] = (SIGMOID_BRANCH,)) -> None:
-        """Train only the parameters whose names start with ``trainable``;
-        the frozen part stays in eval mode (BatchNorm statistics unchanged)."""
-        names = [name for name, _ in self.named_parameters()]
+    def freeze_backbone(self, trainable: tuple[str, ...] = (SIGMOID_BRANCH,),
+                        mode: str = "eval") -> None:
+        """Train only the parameters under the ``trainable`` prefixes (public
+        names; ``fc2`` or the branch's own name mean the branch, ``all``
+        everything).  ``mode`` ``eval`` keeps the frozen part in eval mode
+        (BatchNorm statistics and dropout as trained); ``public_code``
+        reproduces the method's public code: the frozen part follows the
+        model's train/eval mode, BatchNorm normalises with batch statistics
+        without updating its running ones, and dropout is active while the
+        branch trains."""
+        if mode not in FROZEN_MODES:
+            raise ValueError(f"unknown frozen mode {mode!r}; choose one of {FROZEN_MODES}")
+        if "all" in trainable:
+            for p in self.parameters():
+                p.requires_grad_(True)
+            self.backbone_frozen = False
+            self._only_branch_trains = False
+            return
+        names = {name: self.public_name(name) for name, _ in self.named_parameters()}
         for prefix in trainable:
-            if not any(n == prefix or n.startswith(prefix + ".") for n in names):
-                raise ValueError(f"--unfreeze_layer {prefix!r} names no parameters; "
-                                 f"parameters start with e.g. {names[0]!r}, {SIGMOID_BRANCH!r}")
+            if not any(self._selects(prefix, n, names[n]) for n in names):
+                example = next(iter(names.values()))
+                raise ValueError(f"--unfreeze_layer {prefix!r} names no parameters; they are "
+                                 f"named e.g. {example!r}, and the sigmoid branch is "
+                                 f"{self.sigmoid_branch_name!r} (or fc2)")
         for name, p in self.named_parameters():
-            p.requires_grad_(any(name == t or name.startswith(t + ".") for t in trainable))
+            p.requires_grad_(any(self._selects(prefix, name, names[name])
+                                 for prefix in trainable))
         self.backbone_frozen = True
+        self.frozen_mode = mode
         self._only_branch_trains = all(
             name.startswith(SIGMOID_BRANCH + ".")
             for name, p in self.named_parameters() if p.requires_grad)
+        if mode == "public_code":
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.track_running_stats = False  # batch statistics, running ones untouched
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "CAMModel":
         super().train(mode)
-        if self.backbone_frozen:
+        if self.backbone_frozen and self.frozen_mode == "eval":
             self.model.eval()  # running statistics and dropout stay as trained
         return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
         if self.training and self._only_branch_trains and torch.is_grad_enabled():
             # Fine-tuning the branch alone: the frozen backbone runs with
-            # autograd off (no graph, no saved activations, like inference
-            # mode, whose tensors could not enter the branch's graph); the
-            # head's hook switches it back on.
+            # autograd off (no graph, no saved activations); the head's hook
+            # switches it back on.
             self._grad_from_head = True
             try:
                 with torch.no_grad():
@@ -145,7 +221,34 @@ class CAMModel(nn.Module):
                 self._grad_from_head = False
         else:
             out = self.model(x)
-        if self.fc2 is None:
-            return {"logits": out, "logits_sigmoid": None}
-        logits, logits_sigmoid = out.split(self.num_classes, dim=1)
+        logits = self.extract_logits(out)
+        if self.fc2 is None or not self._branch_enabled:
+            return {"logits": logits, "logits_sigmoid": None}
+        if logits.shape[-1] != 2 * self.num_classes:
+            raise RuntimeError(
+                f"the model's logits have {logits.shape[-1]} entries, not the "
+                f"{2 * self.num_classes} of both branches: something after the head "
+                f"{self.head_name!r} changes its output's shape; give as head the module "
+                f"whose output the model returns")
+        logits, logits_sigmoid = logits.split(self.num_classes, dim=-1)
         return {"logits": logits, "logits_sigmoid": logits_sigmoid}
+
+
+def normal_branch_init(branch: nn.Module) -> None:
+    """The public code's initialisation of a new head: every Linear and conv
+    N(0, 0.01), bias 0."""
+    for m in branch.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _patch_size(model: nn.Module) -> int | None:
+    """The patch size of a patch embedding (a square conv whose stride is its
+    kernel), if the model has one."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1 and \
+                m.kernel_size == m.stride and m.kernel_size[0] == m.kernel_size[1]:
+            return m.kernel_size[0]
+    return None

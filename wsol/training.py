@@ -1,4 +1,18 @@
-"""Training loops: vanilla softmax training and sigmoid-branch fine-tuning."""
+"""Training: learning-rate groups and schedule as published, and the epoch loop.
+
+Learning rates follow wsolevaluation's rule, which the method's public code
+inherits and which its published ``--lr`` values mean (docs/reproducing.md):
+each network's "feature" part trains at ``lr`` and the rest at
+``lr * lr_classifier_ratio``, the parts told apart by substrings of the
+parameter names (:class:`wsol.architectures.LRRule`).  Networks without a
+published rule put the head and the sigmoid branch in the classifier part.
+Frozen parameters are in no group.
+
+The learning rate is multiplied by 0.1 *before* epochs ``f, 2f, 3f, ...``
+(1-based; ``f = lr_decay_frequency``), by repeated multiplication as the
+public code does: with ``f = 3``, epochs 1-2 run at ``lr``, 3-5 at ``0.1 lr``,
+6-8 at ``0.01 lr`` and 9-10 at ``0.001 lr``.
+"""
 from __future__ import annotations
 
 import logging
@@ -9,10 +23,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from wsol.acceleration import Acceleration, autocast, to_device
-from wsol.dual_branch import CAMModel
+from wsol.architectures import LRRule
+from wsol.dual_branch import SIGMOID_BRANCH, CAMModel
 from wsol.losses import class_balanced_bce, softmax_cross_entropy
 
-__all__ = ["OptimConfig", "build_optimizer", "build_scheduler", "train_one_epoch"]
+__all__ = ["OptimConfig", "ParamGroup", "parameter_groups", "build_optimizer",
+           "build_scheduler", "decayed_lr", "lr_schedule", "train_one_epoch"]
 
 log = logging.getLogger(__name__)
 
@@ -26,30 +42,103 @@ class OptimConfig:
     lr_decay_frequency: int = 3
 
 
-def build_optimizer(model: CAMModel, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD Nesterov.  Vanilla: the head at ``lr * lr_classifier_ratio`` and the
-    backbone at ``lr`` (wsolevaluation's recipe).  Fine-tuning: only the
-    trainable parameters (the sigmoid branch), at ``lr``."""
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not trainable:
+@dataclass
+class ParamGroup:
+    names: list[str]               # public parameter names
+    params: list[torch.nn.Parameter]
+    lr: float
+    classifier: bool               # trains at lr x lr_classifier_ratio
+
+
+def _is_classifier(public: str, internal: str, model: CAMModel, rule: LRRule | None) -> bool:
+    if rule is None:
+        head = model.head_name
+        return (public == head or public.startswith(head + ".")
+                or internal.startswith(SIGMOID_BRANCH + "."))
+    matched = any(pattern in public for pattern in rule.patterns)
+    return matched if rule.matched_is_classifier else not matched
+
+
+def parameter_groups(model: CAMModel, cfg: OptimConfig, rule: LRRule | None) -> list[ParamGroup]:
+    """The trainable parameters in the public code's two groups (feature part
+    at ``lr`` first, then the classifier part); empty groups are dropped."""
+    feature = ParamGroup([], [], cfg.lr, False)
+    classifier = ParamGroup([], [], cfg.lr * cfg.lr_classifier_ratio, True)
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        public = model.public_name(name)
+        group = classifier if _is_classifier(public, name, model, rule) else feature
+        group.names.append(public)
+        group.params.append(p)
+    groups = [g for g in (feature, classifier) if g.params]
+    if not groups:
         raise ValueError("no trainable parameters: check --unfreeze_layer")
-    if model.backbone_frozen:
-        groups = [{"params": [p for _, p in trainable], "lr": cfg.lr}]
-    else:
-        head = f"model.{model.head_name}."
-        groups = [
-            {"params": [p for n, p in trainable if not n.startswith(head)], "lr": cfg.lr},
-            {"params": [p for n, p in trainable if n.startswith(head)],
-             "lr": cfg.lr * cfg.lr_classifier_ratio},
-        ]
-        groups = [g for g in groups if g["params"]]
+    return groups
+
+
+def build_optimizer(model: CAMModel, cfg: OptimConfig,
+                    rule: LRRule | None = None) -> torch.optim.Optimizer:
+    """SGD Nesterov over :func:`parameter_groups`."""
+    groups = [{"params": g.params, "lr": g.lr} for g in parameter_groups(model, cfg, rule)]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay, nesterov=True)
 
 
+def decayed_lr(base: float, epoch: int, frequency: int) -> float:
+    """The learning rate of 1-based ``epoch``: ``base`` times 0.1 once for
+    every multiple of ``frequency`` reached, multiplied as the public code does."""
+    lr = base
+    for _ in range(epoch // frequency):
+        lr *= 0.1
+    return lr
+
+
+class _StepDecayBeforeEpoch(torch.optim.lr_scheduler.LRScheduler):
+    """:func:`decayed_lr` as a scheduler stepped after each epoch
+    (``last_epoch`` = epochs completed)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, frequency: int):
+        self.frequency = frequency
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        return [decayed_lr(base, self.last_epoch + 1, self.frequency) for base in self.base_lrs]
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig):
-    """x0.1 every ``lr_decay_frequency`` epochs (stepped once per epoch)."""
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_decay_frequency, gamma=0.1)
+    return _StepDecayBeforeEpoch(optimizer, cfg.lr_decay_frequency)
+
+
+def _prefixes(names: list[str], all_names: list[str]) -> list[str]:
+    """The shortest dotted prefixes that cover ``names`` and nothing else of
+    ``all_names`` (e.g. ``features``, ``fc2``, ``layer4``)."""
+    chosen: list[str] = []
+    wanted = set(names)
+    for name in names:
+        parts = name.split(".")
+        for cut in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:cut])
+            under = [n for n in all_names if n == prefix or n.startswith(prefix + ".")]
+            if all(n in wanted for n in under):
+                if prefix not in chosen:
+                    chosen.append(prefix)
+                break
+    return chosen
+
+
+def lr_schedule(model: CAMModel, cfg: OptimConfig, rule: LRRule | None,
+                epochs: int) -> dict:
+    """The effective schedule, ``{"groups": [{"params": [prefixes], "lr": [lr of
+    epoch 1, ...]}], "frozen": [prefixes]}`` (written as ``lr_schedule.json``)."""
+    all_names = [model.public_name(n) for n, _ in model.named_parameters()]
+    groups = parameter_groups(model, cfg, rule)
+    trained = {n for g in groups for n in g.names}
+    frozen = [n for n in all_names if n not in trained]
+    return {"groups": [{"params": _prefixes(g.names, all_names),
+                        "lr": [decayed_lr(g.lr, e, cfg.lr_decay_frequency)
+                               for e in range(1, epochs + 1)]} for g in groups],
+            "frozen": _prefixes(frozen, all_names)}
 
 
 def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -57,16 +146,19 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
                     forward: torch.nn.Module | None = None,
                     accel: Acceleration = Acceleration()) -> dict[str, float]:
     """One pass over ``loader``.  A dual-branch model trains its sigmoid branch
-    with the class-balanced BCE; a vanilla model trains with cross-entropy.
-    Loss and accuracy are summed on the device and read once at the end, so
-    no step waits for the GPU.  ``forward`` is the module to call (the
+    with the class-balanced BCE, plus the softmax head's cross-entropy when
+    anything besides the branch trains (the public code's sum; it has no
+    gradient otherwise); a vanilla model trains with cross-entropy.  Loss and
+    accuracy are summed on the device and read once at the end, so no step
+    waits for the GPU.  ``forward`` is the module to call (the
     DistributedDataParallel wrapper under torchrun, or the model), ``model``
-    the CAMModel it wraps; ``accel`` its autocast and memory format (the
-    model must already be prepared with :func:`wsol.acceleration.prepare_model`).
+    the CAMModel it wraps; ``accel`` its autocast and memory format (the model
+    must already be prepared with :func:`wsol.acceleration.prepare_model`).
     The losses are computed in float32 under ``--amp``."""
     forward = forward or model
     model.train()
     dual = model.is_dual
+    joint = dual and not model._only_branch_trains
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -81,6 +173,8 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
         scores = (out["logits_sigmoid"] if dual else out["logits"]).float()
         if dual:
             loss = class_balanced_bce(scores, labels)
+            if joint:
+                loss = loss + softmax_cross_entropy(out["logits"].float(), labels)
         else:
             loss = softmax_cross_entropy(scores, labels)
         optimizer.zero_grad(set_to_none=True)

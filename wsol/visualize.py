@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 import torch
 
-from data_loaders import IMAGENET_MEAN, IMAGENET_STD
+from wsol.architectures import IMAGENET_MEAN, IMAGENET_STD
 from evaluation import calculate_multiple_iou, compute_bboxes_from_scoremaps
 
 __all__ = ["GT_COLOR", "PRED_COLOR", "denormalize", "colorize", "blend", "draw_boxes",
@@ -58,17 +58,17 @@ BRANCH_LABELS = {"softmax": "softmax (vanilla)", "sigmoid": "sigmoid (ours)"}
 # drawing primitives (RGB uint8 arrays, H x W x 3)
 # --------------------------------------------------------------------------
 
-def denormalize(images: torch.Tensor, size: int | None = None) -> np.ndarray:
-    """ImageNet-normalised images [B, 3, H, W] -> uint8 RGB [B, size, size, 3]."""
+def denormalize(images: torch.Tensor, size: int | None = None,
+                mean: Sequence[float] = IMAGENET_MEAN,
+                std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """Normalised images [B, 3, H, W] -> uint8 RGB [B, size, size, 3]."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images [B, 3, H, W], got {tuple(images.shape)}")
     x = images.detach().float().cpu()
     if size is not None and tuple(x.shape[-2:]) != (size, size):
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
                                             align_corners=False)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    x = (x * std + mean).clamp(0, 1)
+    x = (x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)).clamp(0, 1)
     return (x * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
@@ -279,8 +279,11 @@ class OverlayCollector:
     def __init__(self, count: int, loc_threshold: float = 0.2, size: int = 224,
                  class_names: Sequence[str] | None = None,
                  gt_boxes: Mapping[str, Sequence[Sequence[float]]] | None = None,
-                 gt_mask: Callable[[str], np.ndarray] | None = None):
+                 gt_mask: Callable[[str], np.ndarray] | None = None,
+                 normalization: tuple[Sequence[float], Sequence[float]] = (IMAGENET_MEAN,
+                                                                          IMAGENET_STD)):
         self.count = int(count)
+        self.normalization = normalization
         self.loc_threshold = float(loc_threshold)
         self.size = int(size)
         self.class_names = list(class_names or [])
@@ -296,7 +299,9 @@ class OverlayCollector:
     def from_metadata(cls, count: int, metadata: dict, mask_root: str | None,
                       dataset_name: str, num_classes: int, loc_threshold: float,
                       size: int = 224, boxes: bool = True, masks: bool = False,
-                      gt_boxes: Mapping | None = None) -> "OverlayCollector":
+                      gt_boxes: Mapping | None = None,
+                      normalization: tuple = (IMAGENET_MEAN, IMAGENET_STD)
+                      ) -> "OverlayCollector":
         """Ground truth from a split's metadata (what the evaluators read):
         boxes for box datasets, mask contours only for mask-only datasets
         (SYNTH has both; its overlays show boxes, which stay readable)."""
@@ -318,7 +323,7 @@ class OverlayCollector:
                 return get_mask(mask_root, mask_paths[image_id], ignore_paths.get(image_id),
                                 size)
         return cls(count, loc_threshold, size, class_names_for(dataset_name, num_classes),
-                   gt_boxes if boxes else None, mask_fn)
+                   gt_boxes if boxes else None, mask_fn, normalization)
 
     @property
     def full(self) -> bool:
@@ -342,7 +347,8 @@ class OverlayCollector:
         index = torch.as_tensor(picked, dtype=torch.long)
         fresh = [i for i in picked if self.images[image_ids[i]] is None]
         if fresh:
-            pixels = denormalize(images[torch.as_tensor(fresh, device=images.device)], self.size)
+            pixels = denormalize(images[torch.as_tensor(fresh, device=images.device)], self.size,
+                                 *self.normalization)
             for k, i in enumerate(fresh):
                 image_id = image_ids[i]
                 self.images[image_id] = pixels[k]

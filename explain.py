@@ -1,29 +1,37 @@
+#!/usr/bin/env python
 """Class activation map of one image of your choosing: the everyday use.
 
-``python inference.py --ckpt train_log/demo_b2/last_checkpoint.pth.tar
---image photo.jpg --method gradcam`` writes ``photo_gradcam.png``: the image
-with the top-1 class of the softmax head, then the heatmap of each branch
-(softmax = the vanilla model, sigmoid = ours, clamped) over the image at its
-own aspect ratio, with the box GT-known Loc would score (largest contour at
+``python explain.py --ckpt train_log/demo_b2/last_checkpoint.pth.tar --image
+photo.jpg --method gradcam`` writes ``photo.jpg_gradcam.png``: the image with
+the top-1 class of the softmax head, then the heatmap of each branch (softmax
+= the vanilla model, sigmoid = ours, clamped) over the image at its own
+aspect ratio, with the box GT-known Loc would score (largest contour at
 ``--loc_threshold``) in red.  The top-k classes are printed.
 
-The model is rebuilt from the checkpoint: our checkpoints record the
-architecture, the number of classes and ``large_feature_map``, and the
-experiment folder's ``config.json`` (beside the checkpoint) gives the input
-size and dataset; for a bare wsolevaluation checkpoint pass
-``--architecture`` (and ``--large_feature_map``, ``--crop_size``).  A
-checkpoint with ``fc2.*`` weights is dual-branch.
+The model is rebuilt from what the checkpoint (and its experiment's
+``config.json``) record: architecture, number of classes, structure, input
+size, large feature map.  For a bare wsolevaluation checkpoint, which records
+none of it, pass ``--architecture`` (and ``--large_feature_map``,
+``--crop_size``); a flag that contradicts the checkpoint is an error.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from config import DATASET_NUM_CLASSES, str2bool
+from data_loaders import get_transforms
+from wsol.architectures import architecture_names, get_spec
+from wsol.cams import compute_cams, evaluation_maps, parse_methods
+from wsol.checkpoint import CheckpointError, model_from_checkpoint
+from wsol.runtime import resolve_device
+from wsol.visualize import (BRANCH_LABELS, PRED_COLOR, add_caption, blend, class_names_for,
+                            draw_boxes, predicted_box, save_png)
 
 __all__ = ["build_parser", "load_model", "explain_image", "main"]
 
@@ -33,9 +41,8 @@ class UserError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from config import ARCHITECTURE_NAMES, DATASET_NUM_CLASSES, str2bool
     p = argparse.ArgumentParser(
-        prog="python inference.py",
+        prog="python explain.py",
         description="Overlay the class activation map of the given image(s), from the "
                     "softmax branch (vanilla), the sigmoid branch (ours) or both.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -51,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "else softmax)")
     p.add_argument("--output", default=None,
                    help="PNG to write (one image) or folder (several); default: "
-                        "<image name>_<method>.png in the current folder")
+                        "<image file name>_<method>.png in the current folder")
     p.add_argument("--target", default=None,
                    help="class to explain, as an index or a name (default: the softmax "
                         "head's top-1 prediction)")
@@ -64,16 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
     p.add_argument("--max_size", type=int, default=448,
                    help="longest side of each panel in the output, in pixels")
-    p.add_argument("--architecture", default=None, choices=ARCHITECTURE_NAMES,
-                   help="default: from the checkpoint or its config.json")
+    p.add_argument("--architecture", default=None, metavar="NAME",
+                   help="for a checkpoint that does not record it: " +
+                        ", ".join(architecture_names()))
     p.add_argument("--num_classes", type=int, default=None,
-                   help="default: from the checkpoint's head")
+                   help="default: recorded, else from the checkpoint's head")
     p.add_argument("--large_feature_map", type=str2bool, nargs="?", const=True, default=None,
-                   help="default: from the checkpoint or its config.json, else FALSE")
+                   help="default: recorded, else FALSE")
     p.add_argument("--crop_size", type=int, default=None,
-                   help="network input size (default: config.json's --crop_size, else 224)")
+                   help="network input size (default: recorded, else 224)")
     p.add_argument("--dataset_name", default=None, choices=tuple(DATASET_NUM_CLASSES),
-                   help="for class names (default: config.json's)")
+                   help="for class names (default: recorded)")
     p.add_argument("--class_names", default=None,
                    help="file with one class name per line (or 'index,name' / CUB's "
                         "classes.txt)")
@@ -83,63 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _experiment_config(ckpt: str) -> dict:
-    path = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "config.json")
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def load_model(args) -> tuple[object, dict]:
-    """The CAMModel of ``--ckpt`` (eval mode) and what was used to build it."""
-    from wsol.architectures import ARCHITECTURES, TORCHVISION_CAM_LAYERS, build_architecture
-    from wsol.checkpoint import CheckpointError, load_checkpoint_file, load_into_cam_model
-    from wsol.dual_branch import SIGMOID_BRANCH, CAMModel
-
+    """The CAMModel of ``--ckpt`` (eval mode) and the settings it was built with."""
+    given = {"architecture": args.architecture, "num_classes": args.num_classes,
+             "large_feature_map": args.large_feature_map, "crop_size": args.crop_size}
     try:
-        checkpoint = load_checkpoint_file(args.ckpt)
-    except CheckpointError as error:
+        model, spec, settings = model_from_checkpoint(args.ckpt, given)
+    except (CheckpointError, ValueError) as error:
         raise UserError(str(error)) from None
-    cfg = _experiment_config(args.ckpt)
-    architecture = args.architecture or checkpoint.get("architecture") or cfg.get("architecture")
-    if not architecture:
-        raise UserError(f"{args.ckpt} does not say which architecture it is: pass "
-                        f"--architecture (vgg16, resnet50, inception_v3, ...)")
-    spec = {**ARCHITECTURES, **TORCHVISION_CAM_LAYERS}.get(architecture)
-    if spec is None:
-        raise UserError(f"unknown architecture {architecture!r}")
-    state = {k[len("module."):] if k.startswith("module.") else k: v
-             for k, v in checkpoint["state_dict"].items()}
-    state = {k[len("model."):] if k.startswith("model.") else k: v for k, v in state.items()}
-    num_classes = args.num_classes or checkpoint.get("num_classes")
-    if not num_classes:
-        head = state.get(spec.head + ".weight")
-        if head is None:
-            raise UserError(f"{args.ckpt} has no {spec.head}.weight: is it a {architecture} "
-                            f"checkpoint? (pass --architecture / --num_classes)")
-        num_classes = int(head.shape[0])
-    large = args.large_feature_map
-    if large is None:
-        large = bool(checkpoint.get("large_feature_map", cfg.get("large_feature_map", False)))
-    base, spec = build_architecture(architecture, int(num_classes), large)
-    model = CAMModel(base, spec.feature_layer, spec.head, architecture)
-    if any(k.startswith(SIGMOID_BRANCH + ".") for k in state):
-        model.add_sigmoid_branch("clone")
-    try:
-        load_into_cam_model(model, args.ckpt)
-    except CheckpointError as error:
-        raise UserError(str(error)) from None
-    model.eval()
-    info = {"architecture": architecture, "num_classes": int(num_classes),
-            "large_feature_map": large,
-            "crop_size": int(args.crop_size or cfg.get("crop_size") or 224),
-            "dataset_name": args.dataset_name or cfg.get("dataset_name")}
-    return model, info
+    settings["mean"], settings["std"] = spec.mean, spec.std
+    settings["dataset_name"] = args.dataset_name or settings.get("dataset_name")
+    return model, settings
 
 
 def _load_image(path: str):
@@ -173,15 +135,14 @@ def _resolve_target(target: str | None, names: Sequence[str]) -> int | None:
 def explain_image(model, image, methods: Sequence[str], branches: Sequence[str],
                   crop_size: int, target: int | None = None, clamp: bool = True,
                   display_size: tuple[int, int] | None = None, cam_kwargs: dict | None = None,
-                  device: torch.device = torch.device("cpu")) -> dict:
+                  device: torch.device = torch.device("cpu"),
+                  mean: Sequence[float] = get_spec("resnet50").mean,
+                  std: Sequence[float] = get_spec("resnet50").std) -> dict:
     """Maps of one PIL image: ``{"maps": {(method, branch): HxW array in [0, 1]},
     "probabilities": softmax-head probabilities [C], "sigmoid": sigmoid-branch
     probabilities [C] or None, "target": explained class}``; maps at
     ``display_size`` (w, h), default the image's size."""
-    from data_loaders import get_transforms
-    from wsol.cams import compute_cams, evaluation_maps
-
-    x = get_transforms("test", crop_size, crop_size)(image)[None].to(device)
+    x = get_transforms("test", crop_size, crop_size, mean, std)(image)[None].to(device)
     width, height = display_size or image.size
     maps: dict[tuple[str, str], np.ndarray] = {}
     probabilities = sigmoid = None
@@ -215,8 +176,6 @@ def render_explanation(image, result: dict, names: Sequence[str], loc_threshold:
                        alpha: float, draw_box: bool, display_size: tuple[int, int]) -> np.ndarray:
     """One row: the image captioned with the prediction, then one panel per
     (method, branch)."""
-    from wsol.visualize import (BRANCH_LABELS, PRED_COLOR, add_caption, blend, draw_boxes,
-                                predicted_box)
     width, height = display_size
     pixels = np.asarray(image.resize((width, height)), dtype=np.uint8)
     probabilities = result["probabilities"]
@@ -241,8 +200,8 @@ def render_explanation(image, result: dict, names: Sequence[str], loc_threshold:
 
 
 def _output_path(args, image_path: str, methods: Sequence[str], several: bool) -> str:
-    stem = os.path.splitext(os.path.basename(image_path))[0]
-    name = f"{stem}_{'_'.join(methods)}.png".replace("+", "p")
+    # The file name keeps the image's extension: photo.jpg and photo.png differ.
+    name = f"{os.path.basename(image_path)}_{'_'.join(methods)}.png".replace("+", "p")
     if args.output is None:
         return name
     if several or os.path.isdir(args.output) or args.output.endswith(os.sep):
@@ -260,10 +219,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from wsol.cams import parse_methods
-    from wsol.runtime import resolve_device
-    from wsol.visualize import class_names_for, save_png
-
     try:
         methods = parse_methods(args.method)
     except ValueError as error:
@@ -295,7 +250,8 @@ def _run(args) -> int:
         size = _display_size(image, args.max_size)
         result = explain_image(model, image, methods, branches, info["crop_size"], target,
                                clamp=not args.no_clamp, display_size=size,
-                               cam_kwargs=cam_kwargs, device=device)
+                               cam_kwargs=cam_kwargs, device=device, mean=info["mean"],
+                               std=info["std"])
         picture = render_explanation(image, result, names, args.loc_threshold, args.alpha,
                                      not args.no_box, size)
         path = _output_path(args, image_path, methods, several)
@@ -306,3 +262,7 @@ def _run(args) -> int:
                                            for k in order))
         print(f"  explained class: {names[result['target']]}; overlay written to {path}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
