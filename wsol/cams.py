@@ -587,79 +587,101 @@ def _runs_once_instead(layer: str, calls: dict[str, int], order: list[str]) -> s
 
 def _check_maps(model: CAMModel, probe: Tensor, branches: Sequence[str],
                 needs_grad: bool, needs_weights: bool) -> None:
+    """Checks that do not depend on the weights' values (a fresh torchvision
+    ViT's head is all zeros): what the head reads, and whether it depends on
+    the layer's map, then the sum identity with the weights as they are."""
     layer = model.feature_layer_name
-    head_input: dict[str, Tensor] = {}
+    kept: dict[str, Tensor] = {}
 
     def keep_input(module, inputs, output) -> None:
-        head_input.setdefault("x", inputs[0].detach())
+        kept.setdefault("x", inputs[0])
 
     handle = model.head_module.register_forward_hook(keep_input)
     try:
-        outputs, _, activations, gradients = _target_gradients(model, probe, None, branches)
+        with _capture(model, requires_grad=True) as capture:
+            outputs = model(probe)
+            activation = _captured(capture)
+            head_input = kept["x"]
+            # The head's input along a random direction (inside: grad mode is on).
+            direction = torch.randn(head_input.shape, generator=torch.Generator().manual_seed(0),
+                                    dtype=head_input.dtype).to(head_input.device)
+            projection = (head_input * direction).sum()
     finally:
         handle.remove()
+    layout = model.resolve_layout(activation.shape, probe.shape[-2:])
     if needs_grad:
-        for branch in branches:
-            if not bool(gradients[branch].ne(0).any()):
-                raise ModelCheckError(
-                    f"the gradient of the {branch} logit does not reach the map of the CAM "
-                    f"layer {layer!r} (it is zero everywhere): the head reads something this "
-                    f"layer's map does not feed (for a ViT, the final tokens only reach the "
-                    f"class token); hook an earlier layer, e.g. the last block's first norm")
+        # Zero gradient on the map means the map does not feed the head (true
+        # for every weight value).
+        grad = None
+        if projection.requires_grad:
+            (grad,) = torch.autograd.grad(projection, activation, allow_unused=True)
+        if grad is None or not bool(layout.to_nchw(grad).ne(0).any()):
+            raise ModelCheckError(
+                f"the gradient of the logits does not reach the map of the CAM layer "
+                f"{layer!r} (it is zero everywhere): the head reads something this layer's "
+                f"map does not feed (for a ViT, the final tokens only reach the class "
+                f"token); hook an earlier layer, e.g. the last block's first norm")
     if not needs_weights:
         return
-    pooled = activations.mean((2, 3))
+    activations = layout.to_nchw(activation.detach())
+    weights = {}
     for branch in branches:
         try:
-            weight, bias = model.class_weights(branch)
+            weights[branch] = model.class_weights(branch)
         except ValueError as error:
             raise ModelCheckError(str(error)) from None
-        _check_weight_channels(model, weight, activations.shape[1])
+        _check_weight_channels(model, weights[branch][0], activations.shape[1])
+    pooled = activations.mean((2, 3))
+    read = head_input.detach()
+    read = read.mean((2, 3)) if read.dim() == 4 else read.flatten(1)
+    if read.shape != pooled.shape or not torch.allclose(
+            read, pooled, rtol=1e-4, atol=1e-5 * float(pooled.abs().max().clamp_min(1))):
+        raise ModelCheckError(
+            f"cam is not defined for the CAM layer {layer!r} with the head "
+            f"{model.head_name!r}: the head does not read the spatial mean of this layer's "
+            f"output, so class maps would not add up to the logits; "
+            + _pooled_layer_hint(model, probe, read))
+    for branch, (weight, bias) in weights.items():
         logits = _full_precision(_branch_logits(outputs, branch).detach())
         predicted = pooled @ weight.t() + bias
         scale = pooled.abs() @ weight.abs().t() + bias.abs()
-        error = (predicted - logits).abs()
-        if bool((error > 1e-3 * scale + 1e-5).any()):
-            worst = float((error / scale.clamp_min(1e-12)).max()) * 100
+        if bool(((predicted - logits).abs() > 1e-3 * scale + 1e-5).any()):
             raise ModelCheckError(
-                f"cam is not defined for the CAM layer {layer!r} with the head "
-                f"{model.head_name!r}: the mean of a class map plus the bias differs from the "
-                f"logit by up to {worst:.0f}% of its terms, so the head does not act on the "
-                f"spatial mean of this layer's output; "
-                + _pooled_layer_hint(model, probe, head_input.get("x")))
+                f"cam is not defined for the model's {branch} logits: the head "
+                f"{model.head_name!r} reads the mean of {layer!r}, but the model changes the "
+                f"head's output before returning it; give as head the module whose output "
+                f"the model returns")
 
 
-def _pooled_layer_hint(model: CAMModel, probe: Tensor, head_input: Tensor | None) -> str:
-    """Which module's spatially averaged output is the head's input, if any."""
-    if head_input is not None and head_input.dim() == 4:
-        head_input = head_input.mean((2, 3))
-    found: list[str] = []
-    if head_input is not None and head_input.dim() == 2:
-        target = head_input.float()
-        pooled: dict[str, Tensor] = {}
+def _pooled_layer_hint(model: CAMModel, probe: Tensor, head_input: Tensor) -> str:
+    """Which module (run once) has the head's input as its spatial mean, if any."""
+    pooled: dict[str, Tensor] = {}
+    calls: dict[str, int] = {}
 
-        def record(module, inputs, output, name):
-            if isinstance(output, torch.Tensor) and output.dim() in (3, 4):
-                try:
-                    layout = model.resolve_layout(output.shape, probe.shape[-2:])
-                except ValueError:
-                    return
-                maps = layout.to_nchw(output.detach().float())
-                if maps.shape[1] == target.shape[1]:
-                    pooled[name] = maps.mean((2, 3))
+    def record(module, inputs, output, name):
+        calls[name] = calls.get(name, 0) + 1
+        if isinstance(output, torch.Tensor) and output.dim() in (3, 4):
+            try:
+                layout = model.resolve_layout(output.shape, probe.shape[-2:])
+            except ValueError:
+                return
+            maps = layout.to_nchw(output.detach().float())
+            if maps.shape[1] == head_input.shape[1] and maps.shape[2] * maps.shape[3] > 1:
+                pooled[name] = maps.mean((2, 3))
 
-        handles = [m.register_forward_hook(lambda mod, i, o, n=n: record(mod, i, o, n))
-                   for n, m in model.model.named_modules() if n]
-        try:
-            with torch.no_grad():
-                model(probe)
-        finally:
-            for handle in handles:
-                handle.remove()
-        found = [n for n, p in pooled.items()
-                 if torch.allclose(p, target, rtol=1e-4, atol=1e-5)]
-    if found:
-        return f"pass the layer whose output it pools: {found[0]!r}"
+    handles = [m.register_forward_hook(lambda mod, i, o, n=n: record(mod, i, o, n))
+               for n, m in model.model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    target = head_input.float()
+    found = [n for n, p in pooled.items() if calls[n] == 1 and p.shape == target.shape
+             and torch.allclose(p, target, rtol=1e-4, atol=1e-5)]
+    if found:  # the last to finish: the outermost module holding that output
+        return f"pass the layer whose output it pools: {found[-1]!r}"
     return ("no module's averaged output is its input (it reads e.g. a class token or "
             "normalised features): use a gradient method (gradcam, gradcam++, layercam, ...)")
 
