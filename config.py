@@ -12,7 +12,6 @@ flag's help says so.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -20,12 +19,14 @@ import sys
 from typing import Sequence
 
 from wsol.architectures import architecture_names, get_spec, network_for
-from wsol.cams import CAM_METHODS, parse_methods
-from wsol.dual_branch import FROZEN_MODES
+from wsol.errors import UserError
+from wsol.cams import CAM_METHODS, CAMMethod, ScoreCAM, SmoothGradCAMPlusPlus, parse_methods
+from wsol.model import FROZEN_MODES
 from wsol.replay import REPLAYS, RunChoices, resolve_choices
+from wsol.results import write_json
 
 __all__ = ["DATASET_NUM_CLASSES", "get_configs", "build_parser", "configure_log_folder",
-           "ConfigError", "str2bool", "explicit_flags", "checkpoint_path"]
+           "ConfigError", "str2bool", "explicit_flags", "checkpoint_path", "cam_methods"]
 
 DATASET_NUM_CLASSES = {"CUB": 200, "ILSVRC": 1000, "OpenImages": 100, "CARS": 196, "SYNTH": 10}
 # Datasets scored with boxes, with masks (PxAP), or both.
@@ -35,7 +36,7 @@ MODEL_STRUCTURES = ("vanilla", "b2")
 NETWORK_TYPES = ("auto", "cam", "gradcam")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A flag combination that cannot work, with the fix in the message."""
 
 
@@ -78,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpus", default=None,
                    help="GPU index (e.g. 0); without CUDA the CPU is used with a warning")
     g.add_argument("--demo", action="store_true",
-                   help="run the SYNTH demo (what `python main.py` with no arguments does)")
+                   help="run the SYNTH demo (what `python main.py` with no arguments does); "
+                        "flags given with it apply to both of its runs")
+    g.add_argument("--list", action="store_true",
+                   help="print the architectures, CAM methods and datasets, and exit")
     g.add_argument("--wandb", default="off", choices=("off", "offline", "online", "on"),
                    help="Weights & Biases logging; 'on' = online. Never fails the run "
                         "(the public code's default is on)")
@@ -86,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--project", default="dual-branch-cam", help="wandb project")
 
     g = p.add_argument_group("data")
-    g.add_argument("--dataset_name", default="SYNTH", choices=tuple(DATASET_NUM_CLASSES))
+    g.add_argument("--dataset_name", default="SYNTH", choices=tuple(DATASET_NUM_CLASSES),
+                   help="the dataset (SYNTH: the built-in one, generated on first use)")
     g.add_argument("--data_root", default="dataset/",
                    help="images of dataset D are under <data_root>/D")
     g.add_argument("--metadata_root", default="metadata/",
@@ -95,13 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="masks of dataset D are under <mask_root>/D (default: --data_root)")
     g.add_argument("--num_classes", type=int, default=None,
                    help="default: 200 CUB, 1000 ILSVRC, 100 OpenImages, 196 CARS, 10 SYNTH")
-    g.add_argument("--proxy_training_set", type=flag, nargs="?", const=True, default=False)
+    g.add_argument("--proxy_training_set", type=flag, nargs="?", const=True, default=False,
+                   help="train on image_ids_proxy.txt (wsolevaluation's proxy train set)")
     g.add_argument("--skip_bad_images", action="store_true",
                    help="skip unreadable images (counted in the results) instead of failing")
     g.add_argument("--num_val_sample_per_class", type=int, default=0,
                    help="images per class of the val split (0 = all)")
-    g.add_argument("--resize_size", type=int, default=256)
-    g.add_argument("--crop_size", type=int, default=224)
+    g.add_argument("--resize_size", type=int, default=256,
+                   help="training images are resized to this square, then randomly cropped")
+    g.add_argument("--crop_size", type=int, default=224,
+                   help="the network's input size (test images are resized to it)")
 
     g = p.add_argument_group("model")
     g.add_argument("--architecture", default="resnet50", metavar="NAME",
@@ -112,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "vgg16_gradcam, inception_v3 -> inception_v3_gradcam; resnet50 is "
                         "both); auto: cam when --method includes cam, else gradcam (the "
                         "public code's rule)")
-    g.add_argument("--large_feature_map", type=flag, nargs="?", const=True, default=False)
+    g.add_argument("--large_feature_map", type=flag, nargs="?", const=True, default=False,
+                   help="one stride less before the CAM layer (28x28 maps at 224 px) for "
+                        "vgg16, vgg16_gradcam, resnet18/50, inception_v3")
     g.add_argument("--model_structure", default=None, choices=MODEL_STRUCTURES,
                    help="vanilla: one softmax head; b2: add and fine-tune the sigmoid branch "
                         "(default: b2 when --ft_ckpt is given, else vanilla)")
@@ -150,12 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(random branch init, --frozen_mode public_code, bilinear gradient "
                         "maps, --first_box_only, its threshold list and fidelity, seed 42); "
                         "flags given explicitly still win")
-    g.add_argument("--wsol_method", default="cam", choices=("cam",),
-                   help="wsolevaluation's WSOL training method; only plain CAM training")
 
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", "--epoch", dest="epochs", type=int, default=10)
-    g.add_argument("--batch_size", type=int, default=32)
+    g.add_argument("--epochs", "--epoch", dest="epochs", type=int, default=10,
+                   help="training epochs (0: save the initial model)")
+    g.add_argument("--batch_size", type=int, default=32, help="images per batch and process")
     g.add_argument("--lr", type=float, default=0.003,
                    help="learning rate of the feature part; the rest trains at lr x "
                         "--lr_classifier_ratio (wsolevaluation's groups, which the published "
@@ -166,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "as the public code: f=3 decays at epochs 3, 6, 9)")
     g.add_argument("--lr_classifier_ratio", type=float, default=10.0,
                    help="learning-rate factor of the classifier part")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight_decay", type=float, default=1e-4)
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD (Nesterov) momentum")
+    g.add_argument("--weight_decay", type=float, default=1e-4, help="SGD weight decay")
 
     g = p.add_argument_group("speed (same results up to float rounding; see docs/PERFORMANCE.md)")
     g.add_argument("--amp", action="store_true",
@@ -203,8 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ablation: keep negative sigmoid-branch channel weights")
     g.add_argument("--cam_curve_interval", type=float, default=0.001,
                    help="threshold step of the box/mask accuracy curves")
-    g.add_argument("--multi_contour_eval", type=flag, nargs="?", const=True, default=True)
-    g.add_argument("--iou_threshold_list", type=int, nargs="+", default=[30, 50, 70])
+    g.add_argument("--multi_contour_eval", type=flag, nargs="?", const=True, default=True,
+                   help="TRUE: the table's box metric is MaxBoxAccV2 (all contours); FALSE: "
+                        "MaxBoxAcc (the largest contour, IoU 50); both are in the results JSON")
+    g.add_argument("--iou_threshold_list", type=int, nargs="+", default=[30, 50, 70],
+                   help="IoU thresholds (percent) MaxBoxAccV2 averages over")
     g.add_argument("--loc_threshold", type=float, default=0.2,
                    help="CAM threshold of GT-known Loc and Top-1 Loc")
     g.add_argument("--first_box_only", action="store_true",
@@ -235,10 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fidelity_steps", type=int, default=0, metavar="N",
                    help="with --fidelity: also insertion/deletion AUC in N steps (costs "
                         "2(N+1) forwards per image, method and branch)")
-    g.add_argument("--scorecam_batch_size", type=int, default=32)
-    g.add_argument("--scorecam_topk", type=int, default=None)
-    g.add_argument("--smooth_samples", type=int, default=8)
-    g.add_argument("--smooth_sigma", type=float, default=0.15)
+    g.add_argument("--scorecam_batch_size", type=int, default=32,
+                   help="scorecam: masked images per forward")
+    g.add_argument("--scorecam_topk", type=int, default=None,
+                   help="scorecam: score only the k channels of largest mean activation "
+                        "(default: all)")
+    g.add_argument("--smooth_samples", type=int, default=8,
+                   help="smoothgradcam++: noisy copies of each image")
+    g.add_argument("--smooth_sigma", type=float, default=0.15,
+                   help="smoothgradcam++: noise std relative to each image's value range")
+    g = p.add_argument_group(
+        "compatibility", "flags of the method's public code that this toolkit accepts as they "
+                         "are (also --log_root for --root, --epoch for --epochs, --methods for "
+                         "--method)")
+    g.add_argument("--wsol_method", default="cam", choices=("cam",),
+                   help="wsolevaluation's WSOL training method; only plain CAM training exists "
+                        "here")
     return p
 
 
@@ -322,6 +346,10 @@ def finalize(args: argparse.Namespace, given: set[str] | None = None) -> argpars
         raise ConfigError("--cam_curve_interval must be in (0, 1)")
     if args.fidelity_steps and not args.fidelity:
         raise ConfigError("--fidelity_steps N goes with --fidelity")
+    try:
+        cam_methods(args)  # their settings' checks, before any work
+    except ValueError as error:
+        raise ConfigError(f"--smooth_samples / --scorecam_*: {error}") from None
     return args
 
 
@@ -338,7 +366,7 @@ def _adopt_recorded_settings(args: argparse.Namespace, given: set[str]) -> None:
     """--eval_only: the model is rebuilt as the checkpoint (and its experiment's
     config.json) record it; an explicit flag that contradicts them is an error
     naming both, a default is replaced silently (it was never the user's)."""
-    from wsol.checkpoint import CheckpointError, check_settings, recorded_settings
+    from wsol.runtime.checkpoint import CheckpointError, check_settings, recorded_settings
     path = checkpoint_path(args.log_folder, args.eval_checkpoint_type)
     if not os.path.isfile(path):
         return  # reported when the checkpoint is loaded
@@ -369,6 +397,16 @@ def _adopt_recorded_settings(args: argparse.Namespace, given: set[str]) -> None:
 def get_configs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else list(argv)
     return finalize(build_parser().parse_args(argv), explicit_flags(argv))
+
+
+def cam_methods(args: argparse.Namespace,
+                generator: "torch.Generator | None" = None) -> list[CAMMethod]:
+    """The methods of --method, with the settings of --smooth_* and --scorecam_*."""
+    made = {"smoothgradcam++": lambda: SmoothGradCAMPlusPlus(
+                args.smooth_samples, getattr(args, "smooth_sigma", 0.15), generator),
+            "scorecam": lambda: ScoreCAM(args.scorecam_batch_size,
+                                         getattr(args, "scorecam_topk", None))}
+    return [made[name]() if name in made else CAM_METHODS[name] for name in args.methods]
 
 
 def checkpoint_path(log_folder: str, prefix: str) -> str:
@@ -443,5 +481,4 @@ def save_config(args: argparse.Namespace, path: str) -> None:
     plain = {k: v for k, v in vars(args).items()
              if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
     plain["choices"] = args.choices.as_dict() if isinstance(args.choices, RunChoices) else None
-    with open(path, "w") as f:
-        json.dump(plain, f, indent=2, sort_keys=True)
+    write_json(dict(sorted(plain.items())), path)

@@ -24,20 +24,18 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from config import DATASET_NUM_CLASSES, str2bool
+from config import DATASET_NUM_CLASSES, cam_methods, str2bool
 from data_loaders import get_transforms
-from wsol.architectures import architecture_names, get_spec
-from wsol.cams import compute_cams, evaluation_maps, parse_methods
-from wsol.checkpoint import CheckpointError, model_from_checkpoint
-from wsol.runtime import resolve_device
+from wsol.architectures import architecture_names
+from wsol.cams import CAMMethod, compute_cams_per_branch, evaluation_maps, parse_methods
+from wsol.errors import UserError
+from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
+from wsol.runtime.checkpoint import model_from_checkpoint
+from wsol.runtime.seeding import resolve_device
 from wsol.visualize import (BRANCH_LABELS, PRED_COLOR, add_caption, blend, class_names_for,
                             draw_boxes, predicted_box, save_png)
 
 __all__ = ["build_parser", "load_model", "explain_image", "main"]
-
-
-class UserError(ValueError):
-    """A bad flag, path or checkpoint: reported in one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,10 +93,7 @@ def load_model(args) -> tuple[object, dict]:
     """The CAMModel of ``--ckpt`` (eval mode) and the settings it was built with."""
     given = {"architecture": args.architecture, "num_classes": args.num_classes,
              "large_feature_map": args.large_feature_map, "crop_size": args.crop_size}
-    try:
-        model, spec, settings = model_from_checkpoint(args.ckpt, given)
-    except (CheckpointError, ValueError) as error:
-        raise UserError(str(error)) from None
+    model, spec, settings = model_from_checkpoint(args.ckpt, given)
     settings["mean"], settings["std"] = spec.mean, spec.std
     settings["dataset_name"] = args.dataset_name or settings.get("dataset_name")
     return model, settings
@@ -132,36 +127,31 @@ def _resolve_target(target: str | None, names: Sequence[str]) -> int | None:
     return index
 
 
-def explain_image(model, image, methods: Sequence[str], branches: Sequence[str],
+def explain_image(model, image, methods: Sequence[str | CAMMethod], branches: Sequence[str],
                   crop_size: int, target: int | None = None, clamp: bool = True,
-                  display_size: tuple[int, int] | None = None, cam_kwargs: dict | None = None,
+                  display_size: tuple[int, int] | None = None,
                   device: torch.device = torch.device("cpu"),
-                  mean: Sequence[float] = get_spec("resnet50").mean,
-                  std: Sequence[float] = get_spec("resnet50").std) -> dict:
+                  mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD) -> dict:
     """Maps of one PIL image: ``{"maps": {(method, branch): HxW array in [0, 1]},
     "probabilities": softmax-head probabilities [C], "sigmoid": sigmoid-branch
     probabilities [C] or None, "target": explained class}``; maps at
     ``display_size`` (w, h), default the image's size."""
     x = get_transforms("test", crop_size, crop_size, mean, std)(image)[None].to(device)
     width, height = display_size or image.size
-    maps: dict[tuple[str, str], np.ndarray] = {}
-    probabilities = sigmoid = None
-    explained = target
-    for branch in branches:
-        targets = None if target is None else torch.tensor([target], device=device)
-        out = compute_cams(model, x, targets=targets, methods=list(methods), branch=branch,
-                           clamp=clamp, **(cam_kwargs or {}))
-        if probabilities is None:
-            probabilities = out.logits.softmax(1)[0].detach().cpu().numpy()
-            if out.logits_sigmoid is not None:
-                sigmoid = out.logits_sigmoid.sigmoid()[0].detach().cpu().numpy()
-            explained = int(out.targets[0]) if out.targets is not None else \
-                int(probabilities.argmax())
-        for method, value in evaluation_maps(out, (height, width)).items():
-            maps[(method, branch)] = value[0].cpu().numpy()
-    maps = {(m, b): maps[(m, b)] for m in methods for b in branches}  # branches side by side
+    targets = None if target is None else torch.tensor([target], device=device)
+    outputs = compute_cams_per_branch(model, x, targets, list(methods), branches, clamp)
+    first = outputs[branches[0]]
+    probabilities = first.logits.softmax(1)[0].detach().cpu().numpy()
+    sigmoid = None if first.logits_sigmoid is None else \
+        first.logits_sigmoid.sigmoid()[0].detach().cpu().numpy()
+    maps = {}
+    for name in first.maps:  # the branches of a method side by side
+        for branch in branches:
+            resized = evaluation_maps({name: outputs[branch].maps[name]}, (height, width))
+            maps[(name, branch)] = resized[name][0].cpu().numpy()
     return {"maps": maps, "probabilities": probabilities, "sigmoid": sigmoid,
-            "target": explained}
+            "target": int(first.targets[0])}
 
 
 def _display_size(image, max_size: int, min_size: int = 256) -> tuple[int, int]:
@@ -220,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args) -> int:
     try:
-        methods = parse_methods(args.method)
+        args.methods = parse_methods(args.method)
+        methods = cam_methods(args)
     except ValueError as error:
         raise UserError(str(error)) from None
     if not 0 <= args.loc_threshold <= 1:
@@ -242,19 +233,16 @@ def _run(args) -> int:
         raise UserError(f"--class_names file not found: {args.class_names}")
     names = class_names_for(info["dataset_name"], info["num_classes"], args.class_names)
     target = _resolve_target(args.target, names)
-    cam_kwargs = {"smooth_samples": args.smooth_samples,
-                  "scorecam_batch_size": args.scorecam_batch_size}
     several = len(args.image) > 1
     for image_path in args.image:
         image = _load_image(image_path)
         size = _display_size(image, args.max_size)
         result = explain_image(model, image, methods, branches, info["crop_size"], target,
-                               clamp=not args.no_clamp, display_size=size,
-                               cam_kwargs=cam_kwargs, device=device, mean=info["mean"],
-                               std=info["std"])
+                               clamp=not args.no_clamp, display_size=size, device=device,
+                               mean=info["mean"], std=info["std"])
         picture = render_explanation(image, result, names, args.loc_threshold, args.alpha,
                                      not args.no_box, size)
-        path = _output_path(args, image_path, methods, several)
+        path = _output_path(args, image_path, args.methods, several)
         save_png(path, picture)
         probabilities = result["probabilities"]
         order = np.argsort(-probabilities)[:max(1, args.topk)]

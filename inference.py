@@ -2,18 +2,22 @@
 
 One pass over the data serves every requested method and branch: for each
 batch, :func:`wsol.cams.compute_cams_per_branch` runs one forward shared by
-both branches (and one backward through the head per branch for the
-gradient methods), the maps are resized and normalised on the device, and
-the box/mask evaluators accumulate them in batches.  Nothing in the loop
-waits for the GPU: classification counts stay on the device, PxAP
-histograms are filled on it, and the box evaluator receives the quantised
-maps through an asynchronous copy and scores them on CPU threads while the
-GPU works on the next batches.
+the branches (and one backward through the head per branch for the gradient
+methods), the maps are resized and normalised on the device, and the
+evaluators accumulate them in batches.  The split's ground truth is read once
+(:class:`wsol.data.metadata.GroundTruth`) for every evaluator and the overlays.
+
+Nothing in the loop waits for the GPU: classification counts stay on the
+device, PxAP histograms are filled there, and the box evaluator receives the
+quantised maps through an asynchronous copy to pinned memory
+(:class:`DeviceHandOff`), scoring them on CPU threads while the GPU works on
+the next batches.
 """
 from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -22,29 +26,27 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data_loaders import configure_metadata
-from evaluation import BoxEvaluator, MaskEvaluator, make_threshold_list
-from wsol.acceleration import Acceleration, autocast, to_device
-from wsol.architectures import IMAGENET_MEAN, IMAGENET_STD
-from wsol.cams import compute_cams_per_branch, evaluation_maps, normalize_maps
-from wsol.distributed import DistContext, all_reduce_sum
-from wsol.dual_branch import CAMModel
-from wsol.fidelity import FidelityEvaluator, insertion_deletion_auc, masked_images
+from wsol.cams import CAMMethod, compute_cams_per_branch, evaluation_maps, normalize_maps
+from wsol.data.metadata import GroundTruth, configure_metadata
+from wsol.metrics import BoxEvaluator, FidelityEvaluator, MaskEvaluator
+from wsol.method import clamps
+from wsol.metrics.fidelity import insertion_deletion_auc, masked_images
+from wsol.model import CAMModel
+from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD, make_threshold_list, quantise_maps
+from wsol.results import write_json
+from wsol.runtime.acceleration import Acceleration, autocast, to_device
+from wsol.runtime.distributed import DistContext, all_reduce_sum, reduce_state
 
-__all__ = ["EvalSettings", "CAMComputer"]
+__all__ = ["EvalSettings", "CAMComputer", "DeviceHandOff"]
+
+log = logging.getLogger(__name__)
 
 _BRANCH_KEYS = {"softmax": "logits", "sigmoid": "logits_sigmoid"}
 
 
-def _branch_logits(out, branch: str) -> torch.Tensor:
-    return out.logits if branch == "softmax" else out.logits_sigmoid
-
-log = logging.getLogger(__name__)
-
-
 @dataclass
 class EvalSettings:
-    methods: Sequence[str]
+    methods: Sequence[CAMMethod]      # with their settings (wsol.cams.methods)
     branches: Sequence[str]
     clamp: bool = True
     box_metrics: bool = True
@@ -57,16 +59,68 @@ class EvalSettings:
     resize_length: int = 224
     scoremap_root: str | None = None
     map_style: str = "wsolevaluation"       # or "public_code" (wsol.cams.evaluation_maps)
-    threshold_list: str = "wsolevaluation"  # or "public_code" (evaluation.make_threshold_list)
+    threshold_list: str = "wsolevaluation"  # or "public_code" (wsol.protocol)
     fidelity: bool = False
     fidelity_steps: int = 0           # > 0: insertion/deletion AUC with this many steps
     fidelity_protocol: str = "softmax_head"  # or "public_code" (Table 1's definition)
-    cam_kwargs: dict = field(default_factory=dict)
     show_progress: bool = True
     overlay_count: int = 0            # --save_overlays: images per (method, branch)
     overlay_root: str | None = None   # where they go (<log_folder>/overlays/<split>)
     accel: Acceleration = field(default_factory=Acceleration)  # --amp, --channels_last
     normalization: tuple = (IMAGENET_MEAN, IMAGENET_STD)  # the images' (for the overlays)
+
+
+@dataclass
+class _HostBatch:
+    """Quantised maps of one batch on their way to the host."""
+    q: torch.Tensor            # (B, H, W) uint8
+    flags: torch.Tensor        # (3, B) bool: NaN map, constant map, values outside [0, 1]
+    corrects: torch.Tensor     # (B,) bool
+    image_ids: list[str]
+    ready: object = None       # a CUDA event recorded after the copies; None: on the host
+
+    def landed(self) -> bool:
+        return self.ready is None or self.ready.query()
+
+
+def _to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A host copy; from a CUDA tensor into pinned memory without waiting."""
+    if tensor.device.type != "cuda":
+        return tensor.cpu()
+    return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(
+        tensor, non_blocking=True)
+
+
+class DeviceHandOff:
+    """Feeds a box evaluator from maps on the device: quantises them there,
+    copies the uint8 maps and their flags to the host asynchronously, and
+    hands a batch over once its copy has landed -- at the latest when the next
+    batch arrives -- so the GPU always has queued work meanwhile."""
+
+    def __init__(self, evaluator: BoxEvaluator):
+        self.evaluator = evaluator
+        self._arriving: list[_HostBatch] = []
+
+    def add(self, maps: torch.Tensor, image_ids: list[str], corrects: torch.Tensor) -> None:
+        q, nan, constant, outside = quantise_maps(maps, normalized=False)
+        batch = _HostBatch(_to_host(q), _to_host(torch.stack([nan, constant, outside])),
+                           _to_host(corrects.detach().bool()), image_ids)
+        if maps.device.type == "cuda":
+            batch.ready = torch.cuda.Event()
+            batch.ready.record(torch.cuda.current_stream(maps.device))
+        self._arriving.append(batch)
+        while self._arriving and (len(self._arriving) > 1 or self._arriving[0].landed()):
+            self._hand_over(self._arriving.pop(0))
+
+    def finish(self) -> None:
+        while self._arriving:
+            self._hand_over(self._arriving.pop(0))
+
+    def _hand_over(self, batch: _HostBatch) -> None:
+        if batch.ready is not None:
+            batch.ready.synchronize()
+        self.evaluator.accumulate_quantised(batch.q.numpy(), batch.image_ids,
+                                            batch.corrects.tolist(), *batch.flags.numpy())
 
 
 class CAMComputer:
@@ -81,37 +135,37 @@ class CAMComputer:
         self.settings = settings
         self.device = device
         metadata = configure_metadata(metadata_root)
+        self.ground_truth = GroundTruth(metadata, settings.resize_length, mask_root,
+                                        boxes=settings.box_metrics,
+                                        masks=settings.mask_metrics)
         thresholds = make_threshold_list(settings.cam_curve_interval, settings.threshold_list)
-        self.pairs = [(m, b) for b in settings.branches for m in settings.methods]
-        self.box = {}
-        self.mask = {}
-        for pair in self.pairs:
-            if settings.box_metrics:
-                self.box[pair] = BoxEvaluator(
-                    metadata=metadata, dataset_name=dataset_name, split=split,
-                    cam_threshold_list=thresholds,
-                    iou_threshold_list=list(settings.iou_threshold_list),
-                    mask_root=mask_root, multi_contour_eval=settings.multi_contour_eval,
-                    resize_length=settings.resize_length, loc_threshold=settings.loc_threshold,
-                    first_box_only=settings.first_box_only)
-            if settings.mask_metrics:
-                self.mask[pair] = MaskEvaluator(
-                    metadata=metadata, dataset_name=dataset_name, split=split,
-                    cam_threshold_list=thresholds, iou_threshold_list=None,
-                    mask_root=mask_root, multi_contour_eval=None,
-                    resize_length=settings.resize_length)
-        self.fidelity = {}
-        if settings.fidelity:
-            self.fidelity = {pair: FidelityEvaluator() for pair in self.pairs}
+        self.names = [m.name for m in settings.methods]
+        self.pairs = [(m, b) for b in settings.branches for m in self.names]
+        common = dict(metadata=metadata, dataset_name=dataset_name, split=split,
+                      cam_threshold_list=thresholds, mask_root=mask_root,
+                      resize_length=settings.resize_length, ground_truth=self.ground_truth)
+        # One thread pool for every box evaluator: their batches take turns.
+        self.executor = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="wsol-box") \
+            if settings.box_metrics and (os.cpu_count() or 1) > 1 else None
+        self.box = {pair: BoxEvaluator(iou_threshold_list=list(settings.iou_threshold_list),
+                                       multi_contour_eval=settings.multi_contour_eval,
+                                       loc_threshold=settings.loc_threshold,
+                                       first_box_only=settings.first_box_only,
+                                       executor=self.executor, **common)
+                    for pair in self.pairs if settings.box_metrics}
+        self.hand_off = {pair: DeviceHandOff(evaluator) for pair, evaluator in self.box.items()}
+        self.mask = {pair: MaskEvaluator(**common)
+                     for pair in self.pairs if settings.mask_metrics}
+        self.fidelity = {pair: FidelityEvaluator() for pair in self.pairs} \
+            if settings.fidelity else {}
         self.overlays = None  # first N images and their maps, for --save_overlays
         if settings.overlay_count > 0 and settings.overlay_root and dist_ctx.is_main:
             from wsol.visualize import OverlayCollector
-            self.overlays = OverlayCollector.from_metadata(
-                settings.overlay_count, metadata, mask_root, dataset_name, model.num_classes,
-                settings.loc_threshold, settings.resize_length, boxes=settings.box_metrics,
-                masks=settings.mask_metrics,
-                gt_boxes=next(iter(self.box.values())).gt_bboxes if self.box else None,
+            self.overlays = OverlayCollector.from_ground_truth(
+                settings.overlay_count, self.ground_truth, dataset_name, model.num_classes,
+                settings.loc_threshold, boxes=settings.box_metrics,
                 normalization=settings.normalization)
+        self.predictions: dict[str, int] = {}  # kept when the maps are saved
 
     def _save(self, maps: torch.Tensor, image_ids: Sequence[str], method: str, branch: str) -> None:
         folder = os.path.join(self.settings.scoremap_root, f"{method}_{branch}")
@@ -124,49 +178,45 @@ class CAMComputer:
     def compute_and_evaluate(self) -> dict:
         """Run the pass; returns ``{"classification": ..., "rows": [...]}``."""
         self.model.eval()
-        size = (self.settings.resize_length, self.settings.resize_length)
+        settings = self.settings
+        size = (settings.resize_length, settings.resize_length)
         correct_softmax = torch.zeros((), dtype=torch.long, device=self.device)
         correct_sigmoid = torch.zeros((), dtype=torch.long, device=self.device)
         seen = 0
-        bar = tqdm(self.loader, desc="evaluate", leave=False,
-                   disable=not self.settings.show_progress)
+        bar = tqdm(self.loader, desc="evaluate", leave=False, disable=not settings.show_progress)
         needs_normalised = bool(self.overlays is not None or self.fidelity
-                                or self.settings.scoremap_root)
+                                or settings.scoremap_root)
         for images, labels, image_ids in bar:
             if labels.numel() == 0:  # every image of the batch was unreadable and skipped
                 continue
-            images = to_device(images, self.device, self.settings.accel)
+            images = to_device(images, self.device, settings.accel)
             labels = labels.to(self.device, non_blocking=True)
             image_ids = list(image_ids)
-            with autocast(self.device, self.settings.accel):
-                outputs = compute_cams_per_branch(
-                    self.model, images, labels, self.settings.methods,
-                    self.settings.branches, clamp=self.settings.clamp,
-                    **self.settings.cam_kwargs)
-            first = outputs[self.settings.branches[0]]
+            with autocast(self.device, settings.accel):
+                outputs = compute_cams_per_branch(self.model, images, labels, settings.methods,
+                                                  settings.branches, clamp=settings.clamp)
+            first = outputs[settings.branches[0]]
             predicted = first.logits.argmax(1)
             correct = predicted == labels  # the softmax head classifies
             correct_softmax += correct.sum()
             if first.logits_sigmoid is not None:
                 correct_sigmoid += (first.logits_sigmoid.argmax(1) == labels).sum()
+            if settings.scoremap_root:
+                self.predictions.update(zip(image_ids, predicted.tolist()))
             fidelity_maps = self._fidelity_maps(images, predicted, size)
             for branch, out in outputs.items():
-                # wsolevaluation resizes score maps with cv2.INTER_CUBIC; torch bicubic matches
-                # it.  The evaluators get them before normalisation, to count NaN maps.
-                resized = evaluation_maps(out, size, normalize=False,
-                                          style=self.settings.map_style)
-                # Normalised copies only for what needs them (the evaluators normalise
-                # as they quantise).
+                # The evaluators get the maps before normalisation, to count NaN maps.
+                resized = evaluation_maps(out, size, normalize=False, style=settings.map_style)
+                # Normalised copies only for what needs them (the evaluators
+                # normalise as they quantise).
                 maps = ({method: normalize_maps(r) for method, r in resized.items()}
                         if needs_normalised else {})
                 if self.overlays is not None:  # keeps only the first N images
-                    self.overlays.add(branch, images, labels, out.logits.argmax(1),
-                                      image_ids, maps)
-                for method in self.settings.methods:
+                    self.overlays.add(branch, images, labels, predicted, image_ids, maps)
+                for method in self.names:
                     pair = (method, branch)
-                    if pair in self.box:
-                        self.box[pair].accumulate_batch(resized[method], image_ids, correct,
-                                                        normalized=False)
+                    if pair in self.hand_off:
+                        self.hand_off[pair].add(resized[method], image_ids, correct)
                     if pair in self.mask:
                         self.mask[pair].accumulate_batch(resized[method], image_ids,
                                                          normalized=False)
@@ -178,42 +228,45 @@ class CAMComputer:
                             self._accumulate_fidelity(
                                 pair, images, fidelity_maps[branch][method], predicted,
                                 _branch_logits(first, branch), _BRANCH_KEYS[branch])
-                    if self.settings.scoremap_root:
+                    if settings.scoremap_root:
                         self._save(maps[method], image_ids, method, branch)
             seen += labels.shape[0]
+        for hand_off in self.hand_off.values():
+            hand_off.finish()
         totals = torch.stack([correct_softmax, correct_sigmoid,
                               torch.tensor(seen, device=self.device),
                               torch.tensor(len(self.loader.sampler), device=self.device)])
-        totals = all_reduce_sum(totals, self.dist).tolist()
-        correct_softmax, correct_sigmoid, seen, expected = totals
-        self._reduce_evaluators()
+        correct_softmax, correct_sigmoid, seen, expected = \
+            all_reduce_sum(totals, self.dist).tolist()
+        for evaluator in [*self.box.values(), *self.mask.values(), *self.fidelity.values()]:
+            evaluator.load_state(reduce_state(evaluator.state(), self.dist, self.device))
         if self.overlays is not None:
-            self.overlays.write(self.settings.overlay_root)
+            self.overlays.write(settings.overlay_root)
+        if settings.scoremap_root:
+            self._write_record()
         if seen == 0:
             raise ValueError("the evaluation loader yielded no images")
         classification = {"Top-1 Cls": 100.0 * correct_softmax / seen}
         if self.model.is_dual:
             classification["Top-1 Cls (sigmoid branch)"] = 100.0 * correct_sigmoid / seen
         skipped = expected - seen  # unreadable images (--skip_bad_images)
+        rows = self._rows()
+        if self.executor is not None:
+            self.executor.shutdown()
         return {"classification": classification, "num_images": seen,
-                "num_skipped_images": skipped, "rows": self._rows()}
+                "num_skipped_images": skipped, "rows": rows}
 
-    def _reduce_evaluators(self) -> None:
-        """Sum every rank's integer counts (and fidelity sums), so each rank
-        holds the totals."""
-        if not self.dist.enabled:
-            return
-        for fidelity in self.fidelity.values():
-            fidelity.set_sums(all_reduce_sum(fidelity.sums(self.device).to(self.device),
-                                             self.dist))
-        for evaluator in [*self.box.values(), *self.mask.values()]:
-            own = evaluator.counts()
-            delta = {}
-            for key, value in own.items():
-                local = torch.as_tensor(value, dtype=torch.int64)
-                total = all_reduce_sum(local.to(self.device), self.dist).cpu()
-                delta[key] = (total - local).numpy()
-            evaluator.add_counts(delta)
+    def _write_record(self) -> None:
+        """``run.json`` beside the saved maps: what ``python evaluation.py``
+        needs to print main.py's table from them (each rank its own images)."""
+        s = self.settings
+        name = "run.json" if not self.dist.enabled else f"run.rank{self.dist.rank}.json"
+        write_json({"predictions": self.predictions, "clamp": s.clamp,
+                    "cam_curve_interval": s.cam_curve_interval,
+                    "iou_threshold_list": list(s.iou_threshold_list),
+                    "loc_threshold": s.loc_threshold, "first_box_only": s.first_box_only,
+                    "multi_contour_eval": s.multi_contour_eval,
+                    "threshold_list": s.threshold_list}, os.path.join(s.scoremap_root, name))
 
     def _fidelity_maps(self, images, predicted, size) -> dict | None:
         """Table 1's fidelity (``fidelity_protocol="public_code"``) scores maps of
@@ -223,7 +276,7 @@ class CAMComputer:
         with autocast(self.device, self.settings.accel):
             outputs = compute_cams_per_branch(
                 self.model, images, predicted, self.settings.methods, self.settings.branches,
-                clamp=self.settings.clamp, **self.settings.cam_kwargs)
+                clamp=self.settings.clamp)
         return {branch: {method: normalize_maps(r) for method, r in evaluation_maps(
                     out, size, normalize=False, style=self.settings.map_style).items()}
                 for branch, out in outputs.items()}
@@ -257,7 +310,7 @@ class CAMComputer:
         rows = []
         for method, branch in self.pairs:
             row = {"method": method, "branch": branch,
-                   "clamp": self.settings.clamp and branch == "sigmoid"}
+                   "clamp": clamps(branch, self.settings.clamp)}
             if (method, branch) in self.box:
                 row.update(self.box[(method, branch)].summary())
             if (method, branch) in self.mask:
@@ -270,9 +323,5 @@ class CAMComputer:
         return rows
 
 
-if __name__ == "__main__":
-    import sys
-
-    print("the single-image tool is explain.py: python explain.py --ckpt CKPT --image FILE",
-          file=sys.stderr)
-    sys.exit(2)
+def _branch_logits(out, branch: str) -> torch.Tensor:
+    return out.logits if branch == "softmax" else out.logits_sigmoid

@@ -5,7 +5,6 @@ dataset; ``python main.py --help`` lists the flags.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -16,25 +15,23 @@ from typing import Sequence
 import torch
 
 import config
-from config import ConfigError
-from data_loaders import ImageLoadError, LoaderSettings, MetadataError, get_data_loader
-from config import checkpoint_path
-from wsol.acceleration import Acceleration, check_amp, prepare_model
+from config import ConfigError, checkpoint_path
+from data_loaders import LoaderSettings, get_data_loader
 from wsol.architectures import ArchitectureSpec, build_cam_model, get_spec
-from wsol.cams import ModelCheckError
-from wsol.checkpoint import (MODEL_SETTINGS, CheckpointError, export_state_dict,
-                             find_pretrained, link_checkpoint, load_into_cam_model,
-                             load_pretrained, save_checkpoint)
-from wsol.distributed import DistContext, ShardSampler, init_distributed
-from wsol.dual_branch import CAMModel
-from wsol.runtime import Tracker, resolve_device, rng_state, seed_everything, set_rng_state
-from wsol.training import (OptimConfig, build_optimizer, build_scheduler, lr_schedule,
-                           train_one_epoch)
+from wsol.errors import UserError
+from wsol.model import CAMModel
+from wsol.results import format_table, write_json
+from wsol.runtime.acceleration import Acceleration, check_amp, prepare_model
+from wsol.runtime.checkpoint import (MODEL_SETTINGS, CheckpointError, export_state_dict,
+                                     find_pretrained, link_checkpoint, load_into_cam_model,
+                                     load_pretrained, save_checkpoint)
+from wsol.runtime.distributed import DistContext, ShardSampler, init_distributed
+from wsol.runtime.seeding import resolve_device, rng_state, seed_everything, set_rng_state
+from wsol.runtime.tracking import Tracker
+from wsol.runtime.training import (OptimConfig, build_optimizer, build_scheduler,
+                                   lr_schedule, train_one_epoch)
 
 log = logging.getLogger("main")
-
-TABLE_COLUMNS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP")
-
 
 def build_model(args) -> tuple[CAMModel, ArchitectureSpec]:
     """The architecture, initialised from --ft_ckpt (or ImageNet weights with
@@ -169,7 +166,6 @@ def evaluate(args, model: CAMModel, device: torch.device,
              ctx: DistContext = DistContext(), accel: Acceleration = Acceleration()) -> dict:
     from inference import CAMComputer, EvalSettings
 
-    methods = args.methods
     loader = get_data_loader(
         {args.split: args.image_root}, args.split_metadata_root,
         loader_settings(args, False, device),
@@ -178,8 +174,10 @@ def evaluate(args, model: CAMModel, device: torch.device,
                                                             ctx.world_size))[args.split]
     scoremap_root = (os.path.join(args.log_folder, "scoremaps", args.split)
                      if args.save_scoremaps else None)  # each rank writes its own images
+    spec = get_spec(args.network, args.crop_size)
     settings = EvalSettings(
-        methods=methods, branches=args.cam_branches, clamp=not args.no_clamp,
+        methods=config.cam_methods(args, torch.Generator(device=device).manual_seed(args.seed)),
+        branches=args.cam_branches, clamp=not args.no_clamp,
         box_metrics=args.dataset_name in config.BOX_DATASETS,
         mask_metrics=args.dataset_name in config.MASK_DATASETS,
         cam_curve_interval=args.cam_curve_interval, iou_threshold_list=args.iou_threshold_list,
@@ -188,15 +186,10 @@ def evaluate(args, model: CAMModel, device: torch.device,
         map_style=args.map_style, threshold_list=args.threshold_list,
         fidelity=args.fidelity, fidelity_steps=args.fidelity_steps,
         fidelity_protocol=args.fidelity_protocol,
-        normalization=(get_spec(args.network, args.crop_size).mean,
-                       get_spec(args.network, args.crop_size).std),
+        normalization=(spec.mean, spec.std),
         show_progress=sys.stderr.isatty() and ctx.is_main, accel=accel,
         overlay_count=getattr(args, "save_overlays", 0),
-        overlay_root=os.path.join(args.log_folder, "overlays", args.split),
-        cam_kwargs={"scorecam_batch_size": args.scorecam_batch_size,
-                    "scorecam_topk": args.scorecam_topk,
-                    "smooth_samples": args.smooth_samples, "smooth_sigma": args.smooth_sigma,
-                    "generator": torch.Generator(device=device).manual_seed(args.seed)})
+        overlay_root=os.path.join(args.log_folder, "overlays", args.split))
     computer = CAMComputer(model, loader, os.path.join(args.split_metadata_root, args.split),
                            args.dataset_mask_root, args.dataset_name, args.split, settings,
                            device, ctx)
@@ -206,28 +199,6 @@ def evaluate(args, model: CAMModel, device: torch.device,
                     "split": args.split, "choices": args.choices.as_dict(),
                     "replay": args.replay})
     return results
-
-
-def format_table(results: dict) -> str:
-    """Rows method x branch; columns Top-1 Cls, Top-1 Loc, GT-known Loc, MaxBoxAccV2, PxAP."""
-    header = ["method", "branch", *TABLE_COLUMNS]
-    lines = [header]
-    for row in results["rows"]:
-        values = {**row, "Top-1 Cls": results["classification"]["Top-1 Cls"]}
-        lines.append([row["method"], row["branch"] + ("" if row.get("clamp") or row["branch"] ==
-                                                      "softmax" else " (no clamp)")]
-                     + [f"{values[c]:.2f}" if c in values else "-" for c in TABLE_COLUMNS])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines]
-    text.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(text)
-
-
-def write_json(payload: dict, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 def run(args) -> dict | None:
@@ -260,7 +231,7 @@ def _run(args, ctx: DistContext) -> dict | None:
     generator = seed_everything(args.seed)
     if args.dataset_name == "SYNTH" and not os.path.isdir(args.split_metadata_root):
         if ctx.is_main:
-            from wsol.synth import ensure_synth  # generated the first time it is needed
+            from wsol.data.synth import ensure_synth  # generated the first time it is needed
             ensure_synth(args.data_root, args.metadata_root, args.mask_root)
         _barrier(ctx)
     accel = acceleration(args, device)
@@ -281,13 +252,15 @@ def _run(args, ctx: DistContext) -> dict | None:
         results = evaluate(args, model, device, ctx, accel)
         results["eval_seconds"] = time.perf_counter() - start
         if ctx.is_main:
-            print(format_table(results))
+            print(format_table(results, "MaxBoxAccV2" if args.multi_contour_eval
+                               else "MaxBoxAcc"))
             write_json(results, os.path.join(args.log_folder, f"results_{args.split}.json"))
             tracker.log({f"{r['method']}/{r['branch']}/{k}": v for r in results["rows"]
                          for k, v in r.items() if isinstance(v, float)})
             if getattr(args, "plots", False) or getattr(args, "save_overlays", 0):
                 from wsol.visualize import write_pictures
-                write_pictures(args, results, tracker)
+                write_pictures(args.log_folder, args.split, results, args.plots,
+                               bool(args.save_overlays), tracker)
         return results
     finally:
         tracker.finish()
@@ -313,35 +286,53 @@ DEMO_B2 = ["--experiment_name", "demo_b2", "--model_structure", "b2", "--overrid
            "--save_overlays", "8", "--plots"]  # the pictures README shows
 
 
-def run_demo(log_root: str = "train_log", extra: Sequence[str] = ()) -> dict:
+def run_demo(extra: Sequence[str] = ()) -> dict:
     """Vanilla model (reused when already trained), its sigmoid branch
-    fine-tuned, and both branches scored with CAM and Grad-CAM."""
+    fine-tuned, and both branches scored with CAM and Grad-CAM.  ``extra``:
+    flags for both runs, after the demo's own (so they win)."""
     start = time.perf_counter()
-    common = [*DEMO_COMMON, "--log_root", log_root, *extra]
-    vanilla = os.path.join(log_root, "demo_vanilla")
-    vanilla_ckpt = checkpoint_path(vanilla, "last")
+    vanilla_args = config.get_configs([*DEMO_COMMON, *DEMO_VANILLA, "--override_cache",
+                                       "--skip_eval", *extra])
+    vanilla_ckpt = checkpoint_path(vanilla_args.log_folder, "last")
+    b2_args = config.get_configs([*DEMO_COMMON, *DEMO_B2, "--ft_ckpt", vanilla_ckpt, *extra])
     if os.path.isfile(vanilla_ckpt):
         print(f"reusing the vanilla model {vanilla_ckpt} (delete it to retrain)")
     else:
-        args = config.get_configs([*common, *DEMO_VANILLA, "--override_cache"])
-        args.skip_eval = True
-        run(args)
-    results = run(config.get_configs([*common, *DEMO_B2, "--ft_ckpt", vanilla_ckpt]))
+        run(vanilla_args)
+    results = run(b2_args)
     print(f"demo finished in {time.perf_counter() - start:.0f} s; results in "
-          f"{os.path.join(log_root, 'demo_b2', 'results_test.json')}")
+          f"{os.path.join(b2_args.log_folder, 'results_test.json')}")
     return results
+
+
+def print_choices() -> None:
+    """``--list``: what --architecture, --method and --dataset_name take."""
+    from wsol.architectures import ARCHITECTURES
+    from wsol.cams import CAM_METHODS
+    print("architectures (--architecture):")
+    for name, spec in ARCHITECTURES.items():
+        print(f"  {name:22s} {spec.description}")
+    print("  timm:<model name>      any timm model (pip install timm)")
+    print("CAM methods (--method, comma-separated, or all):")
+    for name, method in CAM_METHODS.items():
+        print(f"  {name:22s} {(type(method).__doc__ or '').splitlines()[0]}")
+    print("datasets (--dataset_name):")
+    for name, classes in config.DATASET_NUM_CLASSES.items():
+        print(f"  {name:22s} {classes} classes")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if not argv or argv == ["--demo"]:
-            run_demo()
+        if "--list" in argv:
+            print_choices()
+            return 0
+        if not argv or "--demo" in argv:
+            run_demo([a for a in argv if a != "--demo"])
             return 0
         run(config.get_configs(argv))
         return 0
-    except (ConfigError, MetadataError, CheckpointError, ImageLoadError, ModelCheckError,
-            ValueError) as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

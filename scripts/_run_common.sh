@@ -15,5 +15,7 @@ run_dataset() {
     if [[ -n "${PRETRAINED_DIR:-}" ]]; then args+=(--pretrained_dir "$PRETRAINED_DIR"); fi
     if [[ -n "${GPUS:-}" ]]; then args+=(--gpus "$GPUS"); fi
     if [[ -n "${WORKERS:-}" ]]; then args+=(--workers "$WORKERS"); fi
-    "${PYTHON:-python3}" "$here/run_experiments.py" "${args[@]}" "$@"
+    # run_experiments reads main.py's flags (config.py), at the repository's top level.
+    PYTHONPATH="$(dirname "$here")${PYTHONPATH:+:$PYTHONPATH}" \
+        "${PYTHON:-python3}" -m scripts.run_experiments "${args[@]}" "$@"
 }

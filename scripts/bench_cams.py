@@ -30,11 +30,9 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from wsol.architectures import build_architecture  # noqa: E402
-from wsol.cams import compute_cams  # noqa: E402
-from wsol.dual_branch import CAMModel  # noqa: E402
+from wsol.architectures import build_architecture
+from wsol.cams import ScoreCAM, SmoothGradCAMPlusPlus, compute_cams
+from wsol.model import CAMModel
 
 GRADIENT_METHODS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
 
@@ -81,8 +79,8 @@ def variants(model: CAMModel, x: torch.Tensor, targets: torch.Tensor, extra: boo
     def together():
         compute_cams(model, x, targets, methods=["cam"] + GRADIENT_METHODS)
 
-    def single(method, **kw):
-        return lambda: compute_cams(model, x, targets, methods=[method], **kw)
+    def single(method):
+        return lambda: compute_cams(model, x, targets, methods=[method])
 
     runs = {"forward": forward, "fwd+bwd (input)": fwd_bwd_input,
             "fwd+bwd (train)": fwd_bwd_train, "together": together}
@@ -91,9 +89,8 @@ def variants(model: CAMModel, x: torch.Tensor, targets: torch.Tensor, extra: boo
     if extra:
         runs["only eigencam"] = single("eigencam")
         runs[f"only smoothgradcam++ (n={smooth_samples})"] = single(
-            "smoothgradcam++", smooth_samples=smooth_samples)
-        runs[f"only scorecam (top-{topk})"] = single("scorecam", scorecam_topk=topk,
-                                                     scorecam_batch_size=32)
+            SmoothGradCAMPlusPlus(samples=smooth_samples))
+        runs[f"only scorecam (top-{topk})"] = single(ScoreCAM(batch_size=32, topk=topk))
     return runs
 
 

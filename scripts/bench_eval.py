@@ -23,10 +23,9 @@ import time
 import cv2
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import evaluation  # noqa: E402
-from data_loaders import configure_metadata  # noqa: E402
+from wsol.data.metadata import configure_metadata
+from wsol.metrics import BoxEvaluator
+from wsol.protocol import make_threshold_list, normalize_scoremap
 
 
 def make_maps(num: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -42,7 +41,7 @@ def make_maps(num: int, size: int, rng: np.random.Generator) -> np.ndarray:
         if i % 3 == 2:
             cam = np.maximum(cam, 0)
         cam = cv2.resize(cam, (size, size), interpolation=cv2.INTER_CUBIC)
-        maps[i] = evaluation.normalize_scoremap(cam)
+        maps[i] = normalize_scoremap(cam)
     return maps
 
 
@@ -73,15 +72,15 @@ def write_metadata(folder: str, maps: np.ndarray, rng: np.random.Generator) -> l
     return ids
 
 
-def run(cls, metadata, ids, maps, corrects, thresholds, args, workers=None):
-    evaluator = cls(metadata=metadata, dataset_name="BENCH", split="test",
-                    cam_threshold_list=thresholds,
-                    iou_threshold_list=args.iou_threshold_list,
-                    multi_contour_eval=True, num_workers=workers)
+def run(scorer, metadata, ids, maps, corrects, thresholds, args, workers=None):
+    evaluator = BoxEvaluator(metadata=metadata, dataset_name="BENCH", split="test",
+                             cam_threshold_list=thresholds,
+                             iou_threshold_list=args.iou_threshold_list,
+                             multi_contour_eval=True, num_workers=workers, scorer=scorer)
     start = time.perf_counter()
     for scoremap, image_id, correct in zip(maps, ids, corrects):
         evaluator.accumulate(scoremap, image_id, correct)
-    counts = evaluator.counts()  # flushes the buffered maps
+    counts = evaluator.state()  # flushes the buffered maps
     return time.perf_counter() - start, counts, evaluator.summary()
 
 
@@ -103,24 +102,24 @@ def main() -> int:
     rng = np.random.default_rng(args.seed)
     maps = make_maps(args.num_maps, 224, rng)
     corrects = list(rng.random(args.num_maps) < 0.7)
-    thresholds = evaluation.make_threshold_list(args.cam_curve_interval)
+    thresholds = make_threshold_list(args.cam_curve_interval)
     with tempfile.TemporaryDirectory() as folder:
         ids = write_metadata(folder, maps, rng)
         metadata = configure_metadata(folder)
         # Warm-up: numba compilation or cache loading is not part of the timing.
-        run(evaluation.BoxEvaluator, metadata, ids[:8], maps[:8], corrects[:8],
+        run("fast", metadata, ids[:8], maps[:8], corrects[:8],
             thresholds, args)
         fast_times: dict[int, list[float]] = {w: [] for w in args.workers}
         fast_counts = {}
         for workers in args.workers:
             for _ in range(args.repeats):
                 seconds, fast_counts[workers], summary = run(
-                    evaluation.BoxEvaluator, metadata, ids, maps, corrects,
+                    "fast", metadata, ids, maps, corrects,
                     thresholds, args, workers or None)
                 fast_times[workers].append(seconds)
         ref_times = []
         for _ in range(args.ref_repeats):
-            seconds, ref_counts, _ = run(evaluation.ReferenceBoxEvaluator, metadata,
+            seconds, ref_counts, _ = run("reference", metadata,
                                          ids, maps, corrects, thresholds, args)
             ref_times.append(seconds)
 

@@ -47,15 +47,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data_loaders import LoaderSettings, get_data_loader  # noqa: E402
-from wsol.architectures import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from inference import CAMComputer, EvalSettings  # noqa: E402
-from wsol.acceleration import Acceleration, autocast, check_amp, prepare_model  # noqa: E402
-from wsol.architectures import build_architecture  # noqa: E402
-from wsol.dual_branch import CAMModel  # noqa: E402
-from wsol.training import OptimConfig, build_optimizer, train_one_epoch  # noqa: E402
+try:
+    from inference import CAMComputer, EvalSettings  # the evaluation pipeline, at the top level
+except ImportError:
+    sys.exit("run it from the repository root: python -m scripts.bench_throughput")
+from wsol.architectures import build_architecture
+from wsol.cams import resolve_methods
+from wsol.data.loaders import LoaderSettings, get_data_loader
+from wsol.model import CAMModel
+from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
+from wsol.runtime.acceleration import Acceleration, autocast, check_amp, prepare_model
+from wsol.runtime.training import OptimConfig, build_optimizer, train_one_epoch
 
 STANDARD_SIZE = {"inception_v3": 299}  # every other architecture: 224
 DEFAULT_METHODS = "cam,gradcam,gradcam++,xgradcam,layercam"
@@ -239,7 +241,7 @@ def finetune_run(model: CAMModel, data, args, device: torch.device,
 def evaluate_run(model: CAMModel, data, metadata_root: str, args, device: torch.device,
                  accel: Acceleration) -> Callable[[int], None]:
     """n batches scored per call, until the evaluator's counts are final."""
-    settings = EvalSettings(methods=args.methods.split(","), branches=args.branches.split(","),
+    settings = EvalSettings(methods=resolve_methods(args.methods), branches=args.branches.split(","),
                             cam_curve_interval=args.cam_curve_interval, show_progress=False,
                             accel=accel)
     iterator = endless(data)

@@ -20,7 +20,7 @@ Writes (paths relative to <cars_root>, e.g. ``cars_train/00001.jpg``):
     cars_test_annos_withlabels.mat), val = there is no official held-out
     localization set, so a fixed seeded sample of --num_val_sample_per_class
     TRAIN images per class with their boxes (kept in train unless
-    --exclude_val_from_train), or --val_source if you have one in the SPEC §3
+    --exclude_val_from_train), or --val_source if you have one in the metadata
     box format.
 
 Labels are class - 1 (0-based).  Boxes are written as annotated
@@ -37,9 +37,7 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _prepare_common import (LOG, PrepareError, Record, Stats,  # noqa: E402
+from wsol.data.prepare import (LOG, PrepareError, Record, Stats,
                              build_val, check_disjoint, check_record_boxes,
                              check_unique, fill_sizes, make_parser, require_dir,
                              require_file, run, write_dataset)

@@ -1,4 +1,4 @@
-"""Convert CUB-200-2011 into metadata/CUB/{train,val,test}/ (SPEC §3).
+"""Convert CUB-200-2011 into metadata/CUB/{train,val,test}/ (docs/protocol.md).
 
 Reads the official CUB_200_2011 folder:
 
@@ -17,7 +17,7 @@ and writes, with image paths relative to the image folder (wsolevaluation's
     train = the official train split, test = the official test split,
     val   = the full-supervision split: with --val_source, the held-out set
             (wsolevaluation uses CUBV2: its images extracted into the image
-            folder, its boxes in the SPEC §3 format of metadata/CUB/val);
+            folder, its boxes in the metadata format (docs/protocol.md) of metadata/CUB/val);
             otherwise a fixed seeded sample of --num_val_sample_per_class
             TRAIN images per class (kept in train unless
             --exclude_val_from_train).
@@ -36,9 +36,7 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _prepare_common import (LOG, PrepareError, Record, Stats,  # noqa: E402
+from wsol.data.prepare import (LOG, PrepareError, Record, Stats,
                              build_val, check_disjoint, check_record_boxes,
                              check_unique, fill_sizes, make_parser, parse_float,
                              parse_int, read_table, require_dir, require_file, run,

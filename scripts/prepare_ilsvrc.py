@@ -30,7 +30,7 @@ and ``val/ILSVRC2012_val_00000001.JPEG``):
     test  = ImageNet val, with ALL boxes of each image,
     val   = the full-supervision split: with --val_source, the held-out set
             (wsolevaluation uses ImageNetV2 threshold-0.7, extracted to
-            <image_root>/val2, with boxes in the SPEC §3 format of its
+            <image_root>/val2, with boxes in the metadata format (docs/protocol.md) of its
             metadata/ILSVRC/val); otherwise a fixed seeded sample of
             --num_val_sample_per_class TRAIN images per class among those with
             boxes (needs --train_annotations; kept in train unless
@@ -53,9 +53,7 @@ import os
 import sys
 import xml.etree.ElementTree as ET
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _prepare_common import (LOG, PrepareError, Record, Stats,  # noqa: E402
+from wsol.data.prepare import (LOG, PrepareError, Record, Stats,
                              build_val, check_disjoint, check_record_boxes,
                              check_unique, fill_sizes, is_image_file, make_parser,
                              parse_float, require_dir, require_file,
@@ -288,7 +286,7 @@ def prepare(args) -> None:
     elif not args.val_source:
         raise PrepareError(
             "the val split needs boxes: pass --val_source (a held-out set such as "
-            "ImageNetV2 with boxes in the SPEC §3 format) or --train_annotations "
+            "ImageNetV2 with boxes in the metadata format (docs/protocol.md)) or --train_annotations "
             "(train boxes, to sample val from train)")
     fill_sizes(test, args.image_root, args.workers, "val images")
     fill_sizes(train, args.image_root, args.workers, "train images")

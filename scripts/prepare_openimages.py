@@ -34,9 +34,7 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _prepare_common import (LOG, PrepareError, Record, Stats,  # noqa: E402
+from wsol.data.prepare import (LOG, PrepareError, Record, Stats,
                              check_unique, fill_sizes, make_parser,
                              read_image_size, require_dir, require_localization, run,
                              write_dataset)

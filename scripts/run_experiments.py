@@ -28,8 +28,8 @@ exits 1 naming the path.  Without it, steps whose output exists are skipped
 failure.  Flags after ``--`` go to every ``main.py`` command (e.g. ``--
 --wandb online``); they come last, so they override the recipe.
 
-    python scripts/run_experiments.py --dataset ILSVRC --vanilla_dir ckpt --dry_run
-    python scripts/run_experiments.py --dataset CARS --architectures resnet50 \\
+    python -m scripts.run_experiments --dataset ILSVRC --vanilla_dir ckpt --dry_run
+    python -m scripts.run_experiments --dataset CARS --architectures resnet50 \\
         --pretrained resnet50=~/.cache/torch/hub/checkpoints/resnet50-0676ba61.pth
 
 The shell scripts ``scripts/run_<dataset>.sh`` call this with the paper's
@@ -47,14 +47,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+try:
+    import config  # the command line's flags, at the top level
+except ImportError:
+    sys.exit("run it from the repository root: python -m scripts.run_experiments")
+from wsol.architectures import ARCHITECTURES, network_for
 
-import config  # noqa: E402  (the repository root is on the path now)
-from wsol.architectures import ARCHITECTURES, network_for  # noqa: E402
-
-MAIN_PY = os.path.join(REPO_ROOT, "main.py")
+MAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")
 DATASETS = tuple(config.DATASET_NUM_CLASSES)
 PAPER_BACKBONES = ("vgg16", "resnet50", "inception_v3")
 FAMILIES = ("cam", "gradcam")
@@ -183,7 +182,7 @@ def _default_pretrained_dir() -> str:
 def torchvision_file(network: str) -> str | None:
     """torchvision's file name of a network's ImageNet weights."""
     from wsol.architectures import get_spec
-    from wsol.checkpoint import _torchvision_file
+    from wsol.runtime.checkpoint import _torchvision_file
     spec = get_spec(network)
     return _torchvision_file(spec)[0] if spec.torchvision_weights else None
 
@@ -425,7 +424,7 @@ def learning_rates(step: Step) -> list[str]:
         return []
     import torch
     from main import build_model
-    from wsol.training import OptimConfig, lr_schedule
+    from wsol.runtime.training import OptimConfig, lr_schedule
     args.ft_ckpt = args.pretrained_path = None
     args.pretrained, args.eval_only = False, True  # structure only: no weights are read
     try:
@@ -481,7 +480,7 @@ def execute(steps: Sequence[Step], runner: Callable[[list[str]], int], force: bo
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="scripts/run_experiments.py",
+        prog="python -m scripts.run_experiments",
         description="Vanilla model (released or trained), sigmoid-branch fine-tuning and "
                     "evaluation of both branches for one dataset's backbones and methods, "
                     "with the published recipes (docs/reproducing.md). Flags after '--' go "

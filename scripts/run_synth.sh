@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SYNTH, the built-in dataset, at the CPU demo's scale (python main.py): vanilla
-# ResNet18 trained from scratch, its sigmoid branch fine-tuned for CAM and Grad-CAM,
-# both branches scored on the test split.  The data is generated on the first run.
+# ResNet18 trained from scratch, its sigmoid branch fine-tuned once and scored with CAM
+# and Grad-CAM, both branches, on the test split.  The data is generated on the first run.
 # Use it to try the run scripts and make_tables.py end to end in minutes.
 #
 # Vanilla model: trained here (no checkpoint needed).

@@ -12,7 +12,7 @@ TINY_SYNTH = dict(seed=0, image_size=64, train_per_class=2, val_per_class=1, tes
 @pytest.fixture(scope="session")
 def tiny_synth_root(tmp_path_factory):
     """A folder with ``dataset/SYNTH`` and ``metadata/SYNTH`` (tiny)."""
-    from wsol.synth import generate_synth
+    from wsol.data.synth import generate_synth
     root = tmp_path_factory.mktemp("synth")
     generate_synth(str(root / "dataset"), str(root / "metadata"), **TINY_SYNTH)
     return root

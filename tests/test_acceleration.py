@@ -24,11 +24,12 @@ from data_loaders import ImageLoadError, LoaderSettings, get_data_loader
 from tests.conftest import copy_as_dataset
 from tests.test_robustness import tiny_argv
 from tests.test_cams import TinyNet
-from wsol.acceleration import Acceleration, autocast, compiled_blocks, prepare_model
+from wsol.runtime.acceleration import Acceleration, autocast, compiled_blocks, prepare_model
 from wsol.architectures import build_architecture
-from wsol.cams import compute_cams, compute_cams_per_branch, evaluation_maps
-from wsol.dual_branch import CAMModel
-from wsol.losses import class_balanced_bce
+from wsol.cams import (ScoreCAM, SmoothGradCAMPlusPlus, compute_cams, compute_cams_per_branch,
+                       evaluation_maps)
+from wsol.model import CAMModel
+from wsol.method import class_balanced_bce
 
 GRADIENT_METHODS = ["cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
 
@@ -126,19 +127,18 @@ def test_both_branches_from_one_forward_equal_one_call_per_branch():
     model = dual_resnet18()
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([0, 4, 2])
-    methods = GRADIENT_METHODS + ["eigencam", "scorecam", "smoothgradcam++"]
-    kwargs = dict(scorecam_topk=2, smooth_samples=2)
+    methods = GRADIENT_METHODS + ["eigencam", ScoreCAM(topk=2), SmoothGradCAMPlusPlus(samples=2)]
     compute_cams_per_branch(model, x, y, GRADIENT_METHODS, ["softmax", "sigmoid"])  # checks
     forwards = []
     handle = model.model.register_forward_hook(lambda *a: forwards.append(1))
     together = compute_cams_per_branch(model, x, y, GRADIENT_METHODS, ["softmax", "sigmoid"])
     assert len(forwards) == 1
-    together = compute_cams_per_branch(model, x, y, methods, ["softmax", "sigmoid"], **kwargs)
+    together = compute_cams_per_branch(model, x, y, methods, ["softmax", "sigmoid"])
     handle.remove()
     for branch in ("softmax", "sigmoid"):
-        alone = compute_cams(model, x, y, methods, branch, **kwargs)
+        alone = compute_cams(model, x, y, methods, branch)
         assert together[branch].branch == branch
-        for method in methods:
+        for method in together[branch].maps:
             torch.testing.assert_close(together[branch].maps[method], alone.maps[method],
                                        rtol=0, atol=0)
         torch.testing.assert_close(together[branch].logits, alone.logits)
@@ -193,40 +193,43 @@ class _SlowEvent:
         self.waited = True
 
 
-def test_box_evaluator_scores_a_batch_whose_copy_lands_later(tiny_synth_root, monkeypatch):
-    metadata = evaluation.configure_metadata(str(tiny_synth_root / "metadata/SYNTH/test"))
-    ids = evaluation.get_image_ids(metadata)
+def test_device_hand_off_scores_a_batch_whose_copy_lands_later(tiny_synth_root, monkeypatch):
+    import inference
+    from wsol.data.metadata import configure_metadata, get_image_ids
+    from wsol.metrics import BoxEvaluator
+    from wsol.protocol import make_threshold_list
+    metadata = configure_metadata(str(tiny_synth_root / "metadata/SYNTH/test"))
+    ids = get_image_ids(metadata)
     rng = np.random.default_rng(0)
     maps = torch.from_numpy(rng.random((len(ids), 64, 64)).astype(np.float32))
     corrects = torch.from_numpy(rng.random(len(ids)) < 0.5)
 
     def evaluator():
-        return evaluation.BoxEvaluator(metadata, "SYNTH", "test",
-                                       evaluation.make_threshold_list(0.05),
-                                       resize_length=64, num_workers=1)
+        return BoxEvaluator(metadata, "SYNTH", "test", make_threshold_list(0.05),
+                            resize_length=64, num_workers=1)
 
     direct = evaluator()
-    direct.accumulate_batch(maps, ids, corrects)
+    direct.accumulate_batch(maps, ids, corrects, normalized=False)
     events = []
-    original = evaluation._quantise_batch
 
-    def slow(*args, **kwargs):
-        batch = original(*args, **kwargs)
-        batch.ready = _SlowEvent()
-        events.append(batch.ready)
-        return batch
+    class SlowBatch(inference._HostBatch):  # a CUDA copy that has not landed yet
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.ready = _SlowEvent()
+            events.append(self.ready)
 
-    monkeypatch.setattr(evaluation, "_quantise_batch", slow)
+    monkeypatch.setattr(inference, "_HostBatch", SlowBatch)
     deferred = evaluator()
+    hand_off = inference.DeviceHandOff(deferred)
     half = len(ids) // 2
-    deferred.accumulate_batch(maps[:half], ids[:half], corrects[:half])
-    assert len(deferred._arriving) == 1 and not events[0].waited  # not waited for
-    deferred.accumulate_batch(maps[half:], ids[half:], corrects[half:])
-    assert events[0].waited and len(deferred._arriving) == 1  # scored when the next came
-    counts = deferred.counts()  # waits for the last one
+    hand_off.add(maps[:half], ids[:half], corrects[:half])
+    assert len(hand_off._arriving) == 1 and not events[0].waited  # not waited for
+    hand_off.add(maps[half:], ids[half:], corrects[half:])
+    assert events[0].waited and len(hand_off._arriving) == 1  # handed over when the next came
+    hand_off.finish()  # waits for the last one
     assert events[1].waited
-    for key, value in direct.counts().items():
-        np.testing.assert_array_equal(counts[key], value, err_msg=key)
+    for key, value in direct.state().items():
+        np.testing.assert_array_equal(deferred.state()[key], value, err_msg=key)
 
 
 # ---------------------------------------------------------------------------

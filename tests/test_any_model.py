@@ -15,8 +15,8 @@ import main
 from tests.conftest import copy_as_dataset
 from wsol.architectures import build_cam_model
 from wsol.cams import ModelCheckError, compute_cams, verify_cam_model
-from wsol.dual_branch import CAMModel
-from wsol.training import OptimConfig, build_optimizer
+from wsol.model import CAMModel
+from wsol.runtime.training import OptimConfig, build_optimizer
 
 GRADIENT_METHODS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
 timm = pytest.importorskip("timm")

@@ -1,4 +1,4 @@
-"""CAM methods against independent computations (SPEC §1-§3)."""
+"""CAM methods against independent computations (docs/method.md, docs/protocol.md)."""
 from __future__ import annotations
 
 import math
@@ -9,9 +9,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wsol.architectures import build_architecture
-from wsol.cams import (CAM_METHODS, CAMInputs, CAMOutput, compute_cams, evaluation_maps,
-                       gradcampp_weights, parse_methods, verify_cam_model)
-from wsol.dual_branch import CAMModel
+from wsol.cams import (CAM_METHODS, CAMInputs, CAMOutput, ScoreCAM, SmoothGradCAMPlusPlus,
+                       compute_cams, evaluation_maps, gradcampp_weights, parse_methods,
+                       verify_cam_model)
+from wsol.model import CAMModel
 
 GRADIENT_METHODS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
 
@@ -331,10 +332,10 @@ def test_one_forward_and_one_backward_for_all_gradient_methods():
     compute_cams(model, x, methods=["cam", "eigencam"])
     assert counts == {"forward": 1, "backward": 0, "backbone_backward": 0}
     counts.update(forward=0)
-    compute_cams(model, x, methods=["smoothgradcam++"], smooth_samples=3)
+    compute_cams(model, x, methods=[SmoothGradCAMPlusPlus(samples=3)])
     assert counts["forward"] == 1 + 3 and counts["backward"] == 3
     counts.update(forward=0, backward=0)
-    compute_cams(model, x, methods=["scorecam"], scorecam_batch_size=4)
+    compute_cams(model, x, methods=[ScoreCAM(batch_size=4)])
     assert counts["forward"] == 1 + math.ceil(3 * 6 / 4) and counts["backward"] == 0
     for h in handles:
         h.remove()
@@ -427,8 +428,8 @@ def test_scorecam_equals_a_slow_per_channel_loop(branch, topk):
     x = images()
     targets = torch.tensor([2, 0, 1])
     expected = slow_scorecam(model, x, targets, branch, topk)
-    out = compute_cams(model, x, targets, methods="scorecam", branch=branch,
-                       scorecam_batch_size=4, scorecam_topk=topk)
+    out = compute_cams(model, x, targets, methods=ScoreCAM(batch_size=4, topk=topk),
+                       branch=branch)
     assert torch.allclose(out.maps["scorecam"].double(), expected, atol=1e-6)
 
 
@@ -452,16 +453,15 @@ def test_smoothgradcampp_averages_gradient_powers_over_seeded_noise():
             moments[p] += g ** (p + 1) / n
     weights = gradcampp_weights(a, *moments).clamp_min(0)
     expected = torch.einsum("bk,bkhw->bhw", weights, a)
-    run = lambda seed: compute_cams(model, x, targets, methods="smoothgradcam++",
-                                    smooth_samples=n, smooth_sigma=sigma,
-                                    generator=torch.Generator().manual_seed(seed))
+    run = lambda seed: compute_cams(model, x, targets, methods=SmoothGradCAMPlusPlus(
+        n, sigma, generator=torch.Generator().manual_seed(seed)))
     out = run(7).maps["smoothgradcam++"]
     assert torch.allclose(out.double(), expected, atol=1e-6)
     assert torch.equal(out, run(7).maps["smoothgradcam++"])
     assert not torch.allclose(out, run(8).maps["smoothgradcam++"])
     # Without noise it is Grad-CAM++.
-    plain = compute_cams(model, x, targets, methods=["gradcam++", "smoothgradcam++"],
-                         smooth_samples=1, smooth_sigma=0.0)
+    plain = compute_cams(model, x, targets,
+                         methods=["gradcam++", SmoothGradCAMPlusPlus(samples=1, sigma=0.0)])
     assert torch.allclose(plain.maps["gradcam++"], plain.maps["smoothgradcam++"])
 
 
@@ -473,8 +473,8 @@ def test_batched_results_equal_per_image_results():
     x = images(4)
     targets = torch.tensor([0, 1, 2, 1])
     # With the square after the CAM layer, cam is not defined (the model check refuses it).
-    kw = dict(methods=[m for m in CAM_METHODS if m != "cam"], scorecam_batch_size=5,
-              smooth_samples=1, smooth_sigma=0.0)
+    kw = dict(methods=[ScoreCAM(batch_size=5), SmoothGradCAMPlusPlus(samples=1, sigma=0.0),
+                       *[m for m in CAM_METHODS if m != "cam"]])
     for branch in ("softmax", "sigmoid"):
         batch = compute_cams(model, x, targets, branch=branch, **kw)
         for i in range(4):
@@ -493,7 +493,8 @@ def test_real_architectures_all_methods(name):
     model.eval()
     size = 64 if name == "resnet18" else 96
     x = torch.randn(2, 3, size, size)
-    out = compute_cams(model, x, methods="all", scorecam_topk=3, smooth_samples=2)
+    out = compute_cams(model, x, methods=[ScoreCAM(topk=3), SmoothGradCAMPlusPlus(samples=2),
+                                          "all"])
     h, w = out.maps["cam"].shape[1:]
     z = h * w
     for m in out.maps.values():

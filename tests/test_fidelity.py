@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from wsol.fidelity import (FidelityEvaluator, gaussian_blur,
+from wsol.metrics.fidelity import (FidelityEvaluator, gaussian_blur,
                            insertion_deletion_auc, masked_images)
 
 

@@ -9,11 +9,12 @@ import torch
 
 import config
 import evaluation
+import inference
 import main
 from data_loaders import LoaderSettings, get_data_loader
 from tests.conftest import copy_as_dataset
 from tests.test_acceleration import METRICS, _argv, _as_jpeg_dataset, dual_resnet18
-from wsol.acceleration import Acceleration, autocast
+from wsol.runtime.acceleration import Acceleration, autocast
 from wsol.cams import compute_cams
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -38,12 +39,17 @@ def test_box_and_mask_evaluators_count_the_same_on_the_gpu(tiny_synth_root):
         mask = evaluation.MaskEvaluator(metadata, "SYNTH", "test", thresholds,
                                         mask_root=str(tiny_synth_root / "dataset/SYNTH"),
                                         resize_length=64)
+        # On the GPU the maps reach the box evaluator through the asynchronous hand-off.
+        hand_off = inference.DeviceHandOff(box)
         for start in range(0, len(ids), 3):  # several batches in flight
             part = slice(start, start + 3)
-            box.accumulate_batch(maps[part].to(device), ids[part], corrects[part].to(device),
-                                 normalized=False)
+            if device == "cpu":
+                box.accumulate_batch(maps[part], ids[part], corrects[part], normalized=False)
+            else:
+                hand_off.add(maps[part].to(device), ids[part], corrects[part].to(device))
             mask.accumulate_batch(maps[part].to(device), ids[part], normalized=False)
-        counts.append({**box.counts(), **{f"mask_{k}": v for k, v in mask.counts().items()}})
+        hand_off.finish()
+        counts.append({**box.state(), **{f"mask_{k}": v for k, v in mask.state().items()}})
     for key, value in counts[0].items():
         np.testing.assert_array_equal(counts[1][key], value, err_msg=key)
     assert counts[1]["num_nan_maps"] == 1
@@ -54,7 +60,7 @@ def test_out_of_range_maps_are_reported_after_the_copy_lands(tiny_synth_root):
     box = evaluation.BoxEvaluator(metadata, "SYNTH", "test", [0.5], resize_length=64)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         box.accumulate_batch(torch.full((2, 64, 64), 2.0, device=CUDA), ids[:2])
-        box.counts()
+        box.state()
 
 
 def test_cams_and_bf16_on_the_gpu_match_the_cpu():

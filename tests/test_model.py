@@ -7,10 +7,10 @@ import torch.nn as nn
 import torchvision
 
 from wsol.architectures import build_cam_model, get_spec
-from wsol.checkpoint import (CheckpointError, export_state_dict, load_checkpoint_file,
+from wsol.runtime.checkpoint import (CheckpointError, export_state_dict, load_checkpoint_file,
                              load_into_cam_model, load_pretrained, save_checkpoint)
-from wsol.losses import class_balanced_bce
-from wsol.training import OptimConfig, build_optimizer
+from wsol.method import class_balanced_bce
+from wsol.runtime.training import OptimConfig, build_optimizer
 
 
 def cam_model(name="resnet18", classes=5, dual=False, init="clone", lfm=False):
@@ -34,7 +34,7 @@ def feature_shape(model, size):
 @pytest.mark.parametrize("name,channels", [("resnet18", 512), ("resnet50", 2048),
                                            ("vgg16", 1024), ("inception_v3", 1024)])
 def test_cam_layers_have_the_published_resolution(name, channels):
-    # 224 px input -> 14x14 maps; large_feature_map -> 28x28 (SPEC §1).
+    # 224 px input -> 14x14 maps; large_feature_map -> 28x28 (docs/method.md).
     assert feature_shape(cam_model(name), 224) == (1, channels, 14, 14)
     if name != "resnet18":
         return

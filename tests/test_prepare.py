@@ -176,7 +176,7 @@ def test_cub_val_sample_is_fixed_and_can_be_excluded(cub):
 
 def test_cub_val_source(cub, tmp_path):
     # A CUBV2-style held-out set: images extracted into the image folder,
-    # boxes in the SPEC §3 format.
+    # boxes in the metadata format (docs/protocol.md).
     image = "002.Laysan_Albatross/25513167677.jpg"
     write_image(os.path.join(cub["root"], "images", image), 70, 50)
     source = tmp_path / "cubv2"

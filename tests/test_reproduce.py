@@ -18,7 +18,7 @@ from evaluation import make_threshold_list
 from tests.conftest import copy_as_dataset
 from wsol.architectures import build_cam_model
 from wsol.cams import compute_cams, evaluation_maps
-from wsol.training import OptimConfig, build_optimizer, build_scheduler
+from wsol.runtime.training import OptimConfig, build_optimizer, build_scheduler
 
 EPOCHS = (1, 3, 4, 6, 9, 10)
 # With --lr_decay_frequency 3 the public code multiplies by 0.1 before epochs
@@ -274,7 +274,7 @@ def test_replayed_run_records_its_choices_and_scores_table_1s_fidelity(tiny_b2):
     # softmax head's predicted class, maps of that class.
     args = config.get_configs([*argv, "--eval_only"])
     model, _ = main.build_model(args)
-    from wsol.checkpoint import load_into_cam_model
+    from wsol.runtime.checkpoint import load_into_cam_model
     load_into_cam_model(model, str(folder / "last_checkpoint.pth.tar"))
     model.eval()
     from data_loaders import LoaderSettings, get_data_loader

@@ -11,7 +11,7 @@ import torch
 import config
 import main
 from tests.conftest import copy_as_dataset
-from wsol.checkpoint import load_checkpoint_file
+from wsol.runtime.checkpoint import load_checkpoint_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,7 +59,7 @@ def _edit(path, fn):
      "'bird' is not a valid int"),
     ("class_labels.txt", lambda ls: [ls[0].split(",")[0] + ",10"] + ls[1:],
      "is >= the number of classes (10)"),
-    ("class_labels.txt", lambda ls: ls[1:], "missing, first"),
+    ("class_labels.txt", lambda ls: ls[1:], "missing 1 image id(s) of image_ids.txt, first"),
     ("localization.txt", lambda ls: [ls[0].split(",")[0] + ",30,5,10,20"] + ls[1:],
      "x1 < x0"),
     ("localization.txt", lambda ls: [ls[0].split(",")[0] + ",0,0,500,10"] + ls[1:],

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsol import synth
-from wsol.synth import (BOX_AREA_RANGE, CONFIG_FILENAME, SYNTH_CLASSES, ensure_synth,
+from wsol.data import synth
+from wsol.data.synth import (BOX_AREA_RANGE, CONFIG_FILENAME, SYNTH_CLASSES, ensure_synth,
                         generate_synth, synth_class_names)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -405,7 +405,7 @@ def test_separate_mask_root(tmp_path):
 
 def run_cli(*args: str, cwd: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "wsol.synth", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "wsol.data.synth", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

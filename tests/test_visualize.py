@@ -224,15 +224,14 @@ def test_pictures_go_to_wandb_only_when_it_runs(tmp_path, monkeypatch):
 
 
 def test_write_pictures_follows_the_flags(tmp_path):
-    args = types.SimpleNamespace(log_folder=str(tmp_path), split="test", plots=True,
-                                 save_overlays=0)
-    pictures = viz.write_pictures(args, fake_results(), FakeTracker(None))
+    pictures = viz.write_pictures(str(tmp_path), "test", fake_results(), plots=True,
+                                  overlays=False, tracker=FakeTracker(None))
     assert set(pictures) == {"plots/box_accuracy_cam", "plots/pxap_pr_cam"}
-    args.plots, args.save_overlays = False, 2
     collector = make_collector(count=2)
     feed(collector, batches=1)
     collector.write(str(tmp_path / "overlays" / "test"))
-    pictures = viz.write_pictures(args, fake_results(), None)
+    pictures = viz.write_pictures(str(tmp_path), "test", fake_results(), plots=False,
+                                  overlays=True)
     assert "grids/cam" in pictures and len(pictures["overlays/cam_sigmoid"]) == 2
 
 
@@ -244,7 +243,7 @@ def test_class_names(tmp_path):
     cub.write_text("1 001.Black_footed_Albatross\n2 002.Laysan_Albatross\n")
     assert viz.read_class_names(str(cub)) == ["001.Black_footed_Albatross",
                                               "002.Laysan_Albatross"]
-    from wsol.synth import synth_class_names
+    from wsol.data.synth import synth_class_names
     assert viz.class_names_for("SYNTH", 10) == synth_class_names(10)
     assert viz.class_names_for("CUB", 2) == ["class 0", "class 1"]
     names = viz.class_names_for("ILSVRC", 1000)

@@ -3,7 +3,7 @@ torchvision classifiers, DeiT-Tiny and any timm model.
 
 Each entry builds a plain classifier ``x -> logits`` and says which module is
 its CAM layer and which its classification head; that is all
-:class:`wsol.dual_branch.CAMModel` needs.  Parameter names are the ones the
+:class:`wsol.model.CAMModel` needs.  Parameter names are the ones the
 released checkpoints use, so those load unchanged:
 
 * ``vgg16``, ``resnet50``, ``inception_v3`` (and ``resnet18``): the CAM
@@ -35,14 +35,13 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.models import inception as tv_inception
 
-from wsol.dual_branch import CAMModel, normal_branch_init
+from wsol.method import normal_branch_init
+from wsol.model import CAMModel
+from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ArchitectureSpec", "LRRule", "ARCHITECTURES", "GRADCAM_NETWORKS",
            "architecture_names", "get_spec", "build_architecture", "build_cam_model",
-           "network_for", "IMAGENET_MEAN", "IMAGENET_STD"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+           "network_for"]
 
 
 @dataclass(frozen=True)

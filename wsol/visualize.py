@@ -36,8 +36,9 @@ import cv2
 import numpy as np
 import torch
 
-from wsol.architectures import IMAGENET_MEAN, IMAGENET_STD
-from evaluation import calculate_multiple_iou, compute_bboxes_from_scoremaps
+from wsol.data.metadata import GroundTruth
+from wsol.protocol import (IMAGENET_MEAN, IMAGENET_STD, calculate_multiple_iou,
+                           compute_bboxes_from_scoremaps, quantise)
 
 __all__ = ["GT_COLOR", "PRED_COLOR", "denormalize", "colorize", "blend", "draw_boxes",
            "draw_mask_contour", "add_caption", "predicted_box", "best_iou", "mask_iou",
@@ -174,7 +175,7 @@ def mask_iou(region: np.ndarray, gt_mask: np.ndarray) -> float:
 def _threshold_region(scoremap: np.ndarray, threshold: float) -> np.ndarray:
     """Pixels strictly above ``int(threshold * max)`` of the quantised map, as
     the box evaluation thresholds them."""
-    quantised = (np.asarray(scoremap, dtype=np.float64) * 255).astype(np.uint8)
+    quantised = quantise(np.asarray(scoremap))
     return quantised > int(threshold * quantised.max())
 
 
@@ -243,7 +244,7 @@ def class_names_for(dataset_name: str | None, num_classes: int,
     if path:
         names = read_class_names(path)
     elif dataset_name == "SYNTH":
-        from wsol.synth import synth_class_names
+        from wsol.data.synth import synth_class_names
         names = synth_class_names(num_classes)
     elif dataset_name == "ILSVRC" and num_classes == 1000:
         try:
@@ -296,34 +297,21 @@ class OverlayCollector:
         self.maps: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
     @classmethod
-    def from_metadata(cls, count: int, metadata: dict, mask_root: str | None,
-                      dataset_name: str, num_classes: int, loc_threshold: float,
-                      size: int = 224, boxes: bool = True, masks: bool = False,
-                      gt_boxes: Mapping | None = None,
-                      normalization: tuple = (IMAGENET_MEAN, IMAGENET_STD)
-                      ) -> "OverlayCollector":
-        """Ground truth from a split's metadata (what the evaluators read):
-        boxes for box datasets, mask contours only for mask-only datasets
-        (SYNTH has both; its overlays show boxes, which stay readable)."""
-        masks = masks and not boxes
-        from data_loaders import get_bounding_boxes, get_image_sizes, get_mask_paths
-        from evaluation import get_mask, resize_bbox
-        if boxes and gt_boxes is None:
-            sizes = get_image_sizes(metadata)
-            gt_boxes = {image_id: [resize_bbox(b, sizes[image_id], (size, size)) for b in bs]
-                        for image_id, bs in get_bounding_boxes(metadata).items()
-                        if image_id in sizes}
+    def from_ground_truth(cls, count: int, ground_truth: GroundTruth, dataset_name: str,
+                          num_classes: int, loc_threshold: float, boxes: bool = True,
+                          normalization: tuple = (IMAGENET_MEAN, IMAGENET_STD)
+                          ) -> "OverlayCollector":
+        """Ground truth as the evaluators read it: boxes for box datasets, mask
+        contours only for mask-only datasets (SYNTH has both; its overlays
+        show boxes, which stay readable)."""
         mask_fn = None
-        if masks:
-            mask_paths, ignore_paths = get_mask_paths(metadata)
-
+        if not boxes and ground_truth.mask_paths:
             def mask_fn(image_id: str) -> np.ndarray | None:
-                if image_id not in mask_paths:
-                    return None
-                return get_mask(mask_root, mask_paths[image_id], ignore_paths.get(image_id),
-                                size)
-        return cls(count, loc_threshold, size, class_names_for(dataset_name, num_classes),
-                   gt_boxes if boxes else None, mask_fn, normalization)
+                return ground_truth.mask(image_id) if image_id in ground_truth.mask_paths \
+                    else None
+        return cls(count, loc_threshold, ground_truth.resize_length,
+                   class_names_for(dataset_name, num_classes),
+                   ground_truth.boxes if boxes else None, mask_fn, normalization)
 
     @property
     def full(self) -> bool:
@@ -642,19 +630,20 @@ def _overlay_files(folder: str) -> dict[str, list[str]]:
     return found
 
 
-def write_pictures(args, results: Mapping, tracker=None) -> dict[str, list[str]]:
-    """``--plots``: curves under ``<log_folder>/plots/<split>/``;
-    ``--save_overlays``: the overlays the evaluation wrote under
-    ``<log_folder>/overlays/<split>/``.  Both go to wandb when it is on."""
+def write_pictures(folder: str, split: str, results: Mapping, plots: bool, overlays: bool,
+                   tracker=None) -> dict[str, list[str]]:
+    """``plots``: curves under ``<folder>/plots/<split>/``; ``overlays``: the
+    overlays the evaluation wrote under ``<folder>/overlays/<split>/``.  Both
+    go to wandb when the tracker has a run."""
     pictures: dict[str, list[str]] = {}
-    if getattr(args, "plots", False):
-        folder = os.path.join(args.log_folder, "plots", args.split)
-        pictures.update(write_plots(results, folder))
-        log.info("curves written to %s", folder)
-    if getattr(args, "save_overlays", 0):
-        folder = os.path.join(args.log_folder, "overlays", args.split)
-        pictures.update(_overlay_files(folder))
-        log.info("overlays written to %s", folder)
+    if plots:
+        where = os.path.join(folder, "plots", split)
+        pictures.update(write_plots(results, where))
+        log.info("curves written to %s", where)
+    if overlays:
+        where = os.path.join(folder, "overlays", split)
+        pictures.update(_overlay_files(where))
+        log.info("overlays written to %s", where)
     log_pictures(tracker, pictures)
     return pictures
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from wsol.dual_branch import CAMModel
+from wsol.model import CAMModel
 
 __all__ = ["Acceleration", "amp_supported", "autocast", "check_amp", "compiled_blocks",
            "prepare_model", "to_device"]

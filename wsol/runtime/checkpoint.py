@@ -23,7 +23,9 @@ import torch
 import torch.nn as nn
 
 from wsol.architectures import ArchitectureSpec
-from wsol.dual_branch import SIGMOID_BRANCH, CAMModel
+from wsol.errors import UserError
+from wsol.method import SIGMOID_BRANCH
+from wsol.model import CAMModel
 
 __all__ = ["CheckpointError", "load_checkpoint_file", "save_checkpoint",
            "load_into_cam_model", "load_pretrained", "find_pretrained", "export_state_dict",
@@ -31,7 +33,7 @@ __all__ = ["CheckpointError", "load_checkpoint_file", "save_checkpoint",
            "resolve_settings", "model_from_checkpoint"]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint is missing, unsafe, or does not fit the model."""
 
 

@@ -1,4 +1,4 @@
-"""The dual-branch sigmoid head, as one mechanism for any classifier.
+"""A classifier with a known CAM layer and head, and the sigmoid branch beside it.
 
 :class:`CAMModel` wraps a classifier given two module names: its CAM layer
 (activations ``A``) and its classification head (whatever maps the pooled
@@ -10,7 +10,8 @@ input and appends its outputs as extra classes, so whatever follows the head
 (pooling, flatten, a dict) carries both branches and the model's own
 ``forward`` needs no change.  The logits are then split back into the softmax
 and sigmoid branches.  :func:`wsol.cams.verify_cam_model` checks on a real
-forward that this holds for the model at hand.
+forward that this holds for the model at hand; the method's own rules
+(initialisation, loss, clamp) are in :mod:`wsol.method`.
 
 Checkpoints name the branch as the method's public code does for each
 network (``fc2``, ``SPG_A4_2``, ``classifier_2``, ``head2``:
@@ -26,11 +27,10 @@ import torch.nn as nn
 
 from wsol.heads import LogitsExtractor, class_dim, class_weights, head_channels, head_classes
 from wsol.layouts import FeatureLayout, ResolvedLayout
+from wsol.method import BRANCHES, SIGMOID_BRANCH, normal_branch_init
 
-__all__ = ["CAMModel", "BRANCHES", "SIGMOID_BRANCH", "FROZEN_MODES", "normal_branch_init"]
+__all__ = ["CAMModel", "FROZEN_MODES"]
 
-BRANCHES = ("softmax", "sigmoid")
-SIGMOID_BRANCH = "fc2"  # the attribute holding the branch; "fc2" also names it on the CLI
 FROZEN_MODES = ("eval", "public_code")
 
 
@@ -232,16 +232,6 @@ class CAMModel(nn.Module):
                 f"whose output the model returns")
         logits, logits_sigmoid = logits.split(self.num_classes, dim=-1)
         return {"logits": logits, "logits_sigmoid": logits_sigmoid}
-
-
-def normal_branch_init(branch: nn.Module) -> None:
-    """The public code's initialisation of a new head: every Linear and conv
-    N(0, 0.01), bias 0."""
-    for m in branch.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 def _patch_size(model: nn.Module) -> int | None:

@@ -1,4 +1,4 @@
-"""Explanation fidelity metrics (SPEC §3), batched torch, any device.
+"""Explanation fidelity metrics (docs/protocol.md), batched torch, any device.
 
 * Average Drop (%) = mean over images of ``max(0, y - o) / y`` x 100 and
   Increase in Confidence (%) = share of images with ``o > y`` x 100, where
@@ -143,8 +143,8 @@ class FidelityEvaluator:
     ``accumulate_auc(insertion, deletion)``: per-image AUCs from
     :func:`insertion_deletion_auc`.
     Sums are float64 tensors on the device of the scores (nothing is read
-    back per batch); ``state_dict`` / ``merge`` combine evaluators and
-    ``sums`` / ``set_sums`` let processes add theirs up.
+    back per batch); ``state()`` / ``load_state()`` (the sums, which add up
+    across processes) and ``merge`` combine evaluators.
     """
 
     KEYS = ("drop_sum", "num_increase", "num_confidence", "insertion_sum", "deletion_sum",
@@ -153,14 +153,21 @@ class FidelityEvaluator:
     def __init__(self) -> None:
         self._sums: torch.Tensor | None = None
 
-    def sums(self, device: torch.device | str = "cpu") -> torch.Tensor:
+    def _totals(self) -> torch.Tensor:
         """The running sums (float64, in ``KEYS`` order); zeros if empty."""
         if self._sums is None:
-            return torch.zeros(len(self.KEYS), dtype=torch.float64, device=device)
+            return torch.zeros(len(self.KEYS), dtype=torch.float64)
         return self._sums
 
-    def set_sums(self, sums: torch.Tensor) -> None:
-        self._sums = sums.to(torch.float64)
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"sums": self._totals().clone()}
+
+    def load_state(self, state: dict) -> None:
+        self._sums = torch.as_tensor(state["sums"]).to(torch.float64).clone()
+
+    def merge(self, other: "FidelityEvaluator") -> None:
+        theirs = other._totals()
+        self.load_state({"sums": self._totals() + theirs.to(self._totals().device)})
 
     def _add(self, device: torch.device, **values) -> None:
         update = torch.zeros(len(self.KEYS), dtype=torch.float64, device=device)
@@ -203,21 +210,17 @@ class FidelityEvaluator:
         self._add(insertion.device, insertion_sum=insertion.sum(),
                   deletion_sum=deletion.sum(), num_auc=insertion.numel())
 
-    def state_dict(self) -> dict[str, float | int]:
-        values = self.sums().tolist()
+    def totals(self) -> dict[str, float | int]:
+        """The sums by name (counts as integers)."""
+        values = self._totals().tolist()
         return {key: int(v) if key.startswith("num_") else v
                 for key, v in zip(self.KEYS, values)}
-
-    def merge(self, other: "FidelityEvaluator | dict") -> None:
-        state = other.state_dict() if isinstance(other, FidelityEvaluator) else other
-        device = self._sums.device if self._sums is not None else "cpu"
-        self._add(torch.device(device), **{k: float(state.get(k, 0)) for k in self.KEYS})
 
     def compute(self) -> dict[str, float]:
         """Average Drop and Increase in Confidence in percent, mean insertion
         and deletion AUC in [0, 1]; NaN for what was never accumulated."""
         nan = math.nan
-        state = self.state_dict()
+        state = self.totals()
         n, m = state["num_confidence"], state["num_auc"]
         return {
             "Average Drop": 100.0 * state["drop_sum"] / n if n else nan,

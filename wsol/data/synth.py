@@ -3,7 +3,7 @@
 Why it exists: ``python main.py`` with no arguments must train and score a
 CAM network on a laptop CPU in minutes, with both box metrics (MaxBoxAccV2,
 GT-known Loc) and mask metrics (PxAP), without any dataset download.  The
-generator writes images plus wsolevaluation-style metadata (SPEC section 3):
+generator writes images plus wsolevaluation-style metadata (docs/protocol.md):
 
 - images   ``<data_root>/SYNTH/<split>/<class>/<split>_<index:06d>.png``
 - metadata ``<metadata_root>/SYNTH/<split>/{image_ids,class_labels,
@@ -691,7 +691,7 @@ def ensure_synth(data_root: str, metadata_root: str, mask_root: str | None = Non
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m wsol.synth",
+        prog="python -m wsol.data.synth",
         description="Generate the synthetic SYNTH WSOL dataset (images, instance masks, "
                     "ignore masks and wsolevaluation-style metadata).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -22,10 +22,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wsol.acceleration import Acceleration, autocast, to_device
 from wsol.architectures import LRRule
-from wsol.dual_branch import SIGMOID_BRANCH, CAMModel
-from wsol.losses import class_balanced_bce, softmax_cross_entropy
+from wsol.method import SIGMOID_BRANCH, training_loss
+from wsol.model import CAMModel
+from wsol.runtime.acceleration import Acceleration, autocast, to_device
 
 __all__ = ["OptimConfig", "ParamGroup", "parameter_groups", "build_optimizer",
            "build_scheduler", "decayed_lr", "lr_schedule", "train_one_epoch"]
@@ -145,15 +145,12 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
                     device: torch.device, epoch: int, show_progress: bool = True,
                     forward: torch.nn.Module | None = None,
                     accel: Acceleration = Acceleration()) -> dict[str, float]:
-    """One pass over ``loader``.  A dual-branch model trains its sigmoid branch
-    with the class-balanced BCE, plus the softmax head's cross-entropy when
-    anything besides the branch trains (the public code's sum; it has no
-    gradient otherwise); a vanilla model trains with cross-entropy.  Loss and
+    """One pass over ``loader`` with :func:`wsol.method.training_loss`.  Loss and
     accuracy are summed on the device and read once at the end, so no step
     waits for the GPU.  ``forward`` is the module to call (the
     DistributedDataParallel wrapper under torchrun, or the model), ``model``
     the CAMModel it wraps; ``accel`` its autocast and memory format (the model
-    must already be prepared with :func:`wsol.acceleration.prepare_model`).
+    must already be prepared with :func:`wsol.runtime.acceleration.prepare_model`).
     The losses are computed in float32 under ``--amp``."""
     forward = forward or model
     model.train()
@@ -170,13 +167,8 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
         labels = labels.to(device, non_blocking=True)
         with autocast(device, accel):
             out = forward(images)
-        scores = (out["logits_sigmoid"] if dual else out["logits"]).float()
-        if dual:
-            loss = class_balanced_bce(scores, labels)
-            if joint:
-                loss = loss + softmax_cross_entropy(out["logits"].float(), labels)
-        else:
-            loss = softmax_cross_entropy(scores, labels)
+        scores = out["logits_sigmoid"] if dual else out["logits"]
+        loss = training_loss(out, labels, joint)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["DistContext", "init_distributed", "ShardSampler", "all_reduce_sum"]
+__all__ = ["DistContext", "init_distributed", "ShardSampler", "all_reduce_sum", "reduce_state"]
 
 
 @dataclass(frozen=True)
@@ -66,3 +66,12 @@ def all_reduce_sum(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     value = value.clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
+
+
+def reduce_state(state: dict, ctx: DistContext, device: torch.device) -> dict:
+    """An evaluator's ``state()`` summed over ranks (values as tensors on
+    ``device`` for the reduction; the returned ones on the CPU)."""
+    if not ctx.enabled:
+        return state
+    return {key: all_reduce_sum(torch.as_tensor(value).to(device), ctx).cpu()
+            for key, value in state.items()}

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from data_loaders import bad_image
-from wsol.architectures import IMAGENET_MEAN, IMAGENET_STD
+from wsol.data.images import bad_image
+from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["DeviceDecoder", "DecodedLoader"]
 

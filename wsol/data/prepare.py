@@ -3,7 +3,7 @@
 Each converter reads one dataset's official distribution, builds a list of
 :class:`Record` per split (image path relative to the dataset's image folder,
 0-based class label, boxes or masks), checks everything it reads, and only
-then writes ``<metadata_root>/<DATASET>/<split>/`` in the format of SPEC §3:
+then writes ``<metadata_root>/<DATASET>/<split>/`` in the format of docs/protocol.md:
 
 - ``image_ids.txt``     ``path``
 - ``class_labels.txt``  ``path,label``
@@ -255,7 +255,7 @@ def require_localization(records: Iterable[Record], split: str, kind: str) -> No
 
 def read_wsol_split(folder: str, image_root: str, num_classes: int, clip: bool,
                     stats: Stats, workers: int = 8) -> list[Record]:
-    """Read a split folder in the SPEC §3 box format (``image_ids.txt``,
+    """Read a split folder in the box format of docs/protocol.md (``image_ids.txt``,
     ``class_labels.txt``, ``localization.txt``; ``image_sizes.txt`` optional
     and compared with the files).  This is how the full-supervision sets are
     published (CUBV2 and ImageNetV2 boxes as wsolevaluation's

@@ -1,0 +1,137 @@
+"""Every requested CAM method from one batched pass, on one or several
+branches of a :class:`CAMModel` (docs/method.md).
+
+The pass: one forward, capturing the CAM layer's activations; one backward
+per branch through the head only when a method needs gradients, shared by
+all of them; then each method's own passes (:meth:`CAMMethod.prepare`) and
+its map.  Maps are computed in torch, batched, on the model's device, in
+float32 even under an outer autocast.  Call ``model.eval()`` first: a model
+in training mode would update BatchNorm statistics and apply dropout during
+the extra passes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from wsol.cams.capture import forward_activations, full_precision, target_gradients
+from wsol.cams.check import verify_cam_model
+from wsol.cams.methods import CAMInputs, CAMMethod, resolve_methods
+from wsol.method import BRANCHES, clamps
+from wsol.model import CAMModel
+
+__all__ = ["CAMOutput", "compute_cams", "compute_cams_per_branch"]
+
+Tensor = torch.Tensor
+Methods = str | CAMMethod | Sequence[str | CAMMethod]
+
+
+@dataclass
+class CAMOutput:
+    maps: dict[str, Tensor]        # method -> raw maps [B, h, w], float32, detached
+    logits: Tensor                 # softmax-branch logits [B, C] of the same forward
+    logits_sigmoid: Tensor | None  # sigmoid-branch logits [B, C] or None
+    targets: Tensor | None = None  # [B] the classes the maps explain
+    branch: str = "softmax"        # the branch the maps come from
+
+
+def compute_cams(model: CAMModel, images: Tensor, targets: Tensor | None = None,
+                 methods: Methods = ("cam",), branch: str | None = None,
+                 clamp: bool = True) -> CAMOutput:
+    """Raw CAM maps of ``images`` for each method, from one forward.
+
+    Args:
+        model: a :class:`CAMModel` on the images' device, in eval mode; it may
+            be frozen and the call may sit inside ``torch.no_grad()``.
+        images: [B, 3, H, W] as the model takes them (normalised).
+        targets: [B] classes to explain; None -> the softmax head's top-1.
+        methods: names (:data:`CAM_METHODS`, with their default settings), a
+            comma-separated string, "all", or method instances with settings of
+            their own (``SmoothGradCAMPlusPlus(samples=16)``, ``ScoreCAM(topk=64)``).
+        branch: "softmax" or "sigmoid"; None -> "sigmoid" for a dual-branch
+            model, "softmax" otherwise.
+        clamp: on the sigmoid branch, clamp the weights at zero (the method);
+            False for ablations.  Softmax-branch maps are never clamped.
+
+    Cost: one forward; plus one backward through the head only (the layers
+    after the CAM layer) when a gradient method is asked for, shared by all of
+    them; plus ``samples`` such forward/backward pairs for Smooth Grad-CAM++
+    and ``ceil(B * k / batch_size)`` forwards for Score-CAM.  The returned
+    logits come from the first forward.  The first call on a model also checks
+    it (:func:`wsol.cams.verify_cam_model`).
+    """
+    if branch is None:
+        branch = "sigmoid" if model.is_dual else "softmax"
+    return compute_cams_per_branch(model, images, targets, methods, [branch], clamp)[branch]
+
+
+def compute_cams_per_branch(model: CAMModel, images: Tensor, targets: Tensor | None,
+                            methods: Methods, branches: Sequence[str],
+                            clamp: bool = True) -> dict[str, CAMOutput]:
+    """:func:`compute_cams` for several branches from one shared forward:
+    ``{branch: CAMOutput}``.  The branches share the forward and the CAM
+    activations; each adds one backward through the head (and its methods'
+    own passes).  Same maps as one :func:`compute_cams` call per branch, at
+    the cost of one forward."""
+    chosen = resolve_methods(methods)
+    branches = list(dict.fromkeys(branches))
+    if not branches:
+        raise ValueError(f"no branch given; choose from {BRANCHES}")
+    for branch in branches:
+        if branch not in BRANCHES:
+            raise ValueError(f"unknown branch {branch!r}; choose one of {BRANCHES}")
+        if branch == "sigmoid" and not model.is_dual:
+            raise ValueError("this model has no sigmoid branch; use branch='softmax'")
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
+    if torch.is_inference_mode_enabled():
+        # Inference tensors cannot take part in autograd: step out of it.
+        with torch.inference_mode(False):
+            images = images.clone()
+            targets = None if targets is None else targets.clone()
+            verify_cam_model(model, images, chosen, branches)
+            return _compute(model, images, targets, chosen, branches, clamp)
+    verify_cam_model(model, images, chosen, branches)
+    return _compute(model, images, targets, chosen, branches, clamp)
+
+
+def _compute(model: CAMModel, images: Tensor, targets: Tensor | None,
+             chosen: list[CAMMethod], branches: list[str], clamp: bool) -> dict[str, CAMOutput]:
+    images = images.detach()
+    if targets is not None:
+        targets = torch.as_tensor(targets, device=images.device).long().view(-1)
+        if targets.numel() != images.shape[0]:
+            raise ValueError(f"{targets.numel()} targets for {images.shape[0]} images")
+        if targets.numel():
+            bad = (targets.min() < 0) | (targets.max() >= model.num_classes)
+            if targets.is_cuda:
+                torch._assert_async(~bad)  # fails on the GPU without making the host wait
+            elif bool(bad):
+                raise ValueError(f"targets must lie in [0, {model.num_classes})")
+    if any(m.needs_gradients for m in chosen):
+        outputs, targets, activations, gradients = target_gradients(
+            model, images, targets, branches)
+    else:
+        outputs, activations = forward_activations(model, images)
+        gradients = {}
+        if targets is None:
+            targets = outputs["logits"].argmax(1)
+    logits = full_precision(outputs["logits"].detach())
+    sigmoid_logits = outputs["logits_sigmoid"]
+    if sigmoid_logits is not None:
+        sigmoid_logits = full_precision(sigmoid_logits.detach())
+    results = {}
+    for branch in branches:
+        inputs = CAMInputs(model=model, images=images, targets=targets, branch=branch,
+                           clamp=clamps(branch, clamp), activations=activations,
+                           gradients=gradients.get(branch))
+        for method in chosen:  # their own passes, under the caller's autocast ...
+            method.prepare(inputs)
+        # ... the maps are formed in float32 whatever it is.
+        with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+            maps = {m.name: m.raw_map(inputs).detach().float() for m in chosen}
+        results[branch] = CAMOutput(maps=maps, logits=logits, logits_sigmoid=sigmoid_logits,
+                                    targets=targets, branch=branch)
+    return results

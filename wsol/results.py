@@ -1,0 +1,73 @@
+"""Results as people read them: the comparison table, strict JSON files, and
+the record of how a run was made.
+
+JSON has no NaN: :func:`write_json` writes ``null`` for it (and for
+infinities), atomically, so every results file parses with a strict parser.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+__all__ = ["TABLE_COLUMNS", "format_table", "json_ready", "write_json", "read_json"]
+
+TABLE_COLUMNS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP")
+
+
+def format_table(results: dict, box_column: str = "MaxBoxAccV2") -> str:
+    """Rows method x branch; columns Top-1 Cls, Top-1 Loc, GT-known Loc, the box
+    metric (MaxBoxAccV2, or MaxBoxAcc for single-contour evaluation), PxAP,
+    and the fidelity metrics when measured.  A NaN shows as 'nan'."""
+    columns = [box_column if c == "MaxBoxAccV2" else c for c in TABLE_COLUMNS]
+    rows = results["rows"]
+    for extra in ("Average Drop", "Increase in Confidence"):
+        if any(extra in row for row in rows):
+            columns.append(extra)
+    present = [c for c in columns if c == "Top-1 Cls" or any(c in row for row in rows)]
+    header = ["method", "branch", *present]
+    lines = [header]
+    top1 = (results.get("classification") or {}).get("Top-1 Cls")
+    for row in rows:
+        values = {**row, "Top-1 Cls": top1}
+        branch = row["branch"] + ("" if row.get("clamp") or row["branch"] == "softmax"
+                                  else " (no clamp)")
+        lines.append([row["method"], branch] + [_cell(values.get(c)) for c in present])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
+            for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return f"{value:.2f}"
+
+
+def json_ready(value: Any) -> Any:
+    """NaN and infinities -> None, recursively (JSON has neither)."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(payload: Any, path: str) -> None:
+    """Strict JSON (no NaN), written to a temporary file and renamed."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(json_ready(payload), f, indent=2, allow_nan=False)
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
