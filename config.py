@@ -23,7 +23,7 @@ from wsol.errors import UserError
 from wsol.cams import CAM_METHODS, CAMMethod, ScoreCAM, SmoothGradCAMPlusPlus, parse_methods
 from wsol.model import FROZEN_MODES
 from wsol.replay import REPLAYS, RunChoices, resolve_choices
-from wsol.results import write_json
+from wsol.results import run_record, write_json
 
 __all__ = ["DATASET_NUM_CLASSES", "get_configs", "build_parser", "configure_log_folder",
            "ConfigError", "str2bool", "explicit_flags", "checkpoint_path", "cam_methods"]
@@ -217,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "MaxBoxAcc (the largest contour, IoU 50); both are in the results JSON")
     g.add_argument("--iou_threshold_list", type=int, nargs="+", default=[30, 50, 70],
                    help="IoU thresholds (percent) MaxBoxAccV2 averages over")
+    g.add_argument("--box_threads", type=int, default=0,
+                   help="threads scoring the box metrics (0: one per core; 1 on a machine "
+                        "busy with other work, where threads compete for the cores)")
     g.add_argument("--loc_threshold", type=float, default=0.2,
                    help="CAM threshold of GT-known Loc and Top-1 Loc")
     g.add_argument("--first_box_only", action="store_true",
@@ -339,7 +342,8 @@ def finalize(args: argparse.Namespace, given: set[str] | None = None) -> argpars
                              ("--workers", args.workers, 0),
                              ("--prefetch_factor", args.prefetch_factor, 1),
                              ("--save_overlays", args.save_overlays, 0),
-                             ("--fidelity_steps", args.fidelity_steps, 0)):
+                             ("--fidelity_steps", args.fidelity_steps, 0),
+                             ("--box_threads", args.box_threads, 0)):
         if value < low:
             raise ConfigError(f"{name} must be >= {low}, got {value}")
     if not 0 < args.cam_curve_interval < 1:
@@ -396,7 +400,9 @@ def _adopt_recorded_settings(args: argparse.Namespace, given: set[str]) -> None:
 
 def get_configs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else list(argv)
-    return finalize(build_parser().parse_args(argv), explicit_flags(argv))
+    args = finalize(build_parser().parse_args(argv), explicit_flags(argv))
+    args.argv = ["main.py", *argv]  # the command line, for the record of the run
+    return args
 
 
 def cam_methods(args: argparse.Namespace,
@@ -481,4 +487,6 @@ def save_config(args: argparse.Namespace, path: str) -> None:
     plain = {k: v for k, v in vars(args).items()
              if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
     plain["choices"] = args.choices.as_dict() if isinstance(args.choices, RunChoices) else None
+    plain["run"] = run_record(getattr(args, "argv", []), os.path.dirname(os.path.abspath(__file__)),
+                              seed=args.seed)
     write_json(dict(sorted(plain.items())), path)

@@ -82,12 +82,14 @@ def evaluate_scoremaps(scoremap_root: str, metadata_root: str, mask_root: str,
                        cam_curve_interval: float = .001, metric: str = "auto",
                        loc_threshold: float = 0.2, first_box_only: bool = False,
                        threshold_list: str = "wsolevaluation",
-                       corrects: dict[str, bool] | None = None) -> dict:
+                       corrects: dict[str, bool] | None = None,
+                       box_threads: int = 0) -> dict:
     """Score the maps of one folder; returns {"box": BoxEvaluator summary,
     "mask": {"PxAP": ...}} for the metrics of ``metric`` ('box', 'mask',
     'both' or 'auto': OpenImages -> mask, a split with
     localization_masks.txt such as SYNTH -> both, else box).  ``corrects``:
-    the classifier's top-1 verdict per image (for Top-1 Loc)."""
+    the classifier's top-1 verdict per image (for Top-1 Loc); ``box_threads``:
+    threads of the box scoring (0: one per core)."""
     metadata = configure_metadata(os.path.join(metadata_root, dataset_name, split))
     metric = _metric(dataset_name, metadata, metric)
     if metric not in ("box", "mask", "both"):
@@ -102,7 +104,8 @@ def evaluate_scoremaps(scoremap_root: str, metadata_root: str, mask_root: str,
     evaluators: dict[str, LocalizationEvaluator] = {}
     if metric in ("box", "both"):
         evaluators["box"] = BoxEvaluator(loc_threshold=loc_threshold,
-                                         first_box_only=first_box_only, **common)
+                                         first_box_only=first_box_only,
+                                         num_workers=box_threads or None, **common)
     if metric in ("mask", "both"):
         evaluators["mask"] = MaskEvaluator(**common)
     for image_id in ground_truth.image_ids:
@@ -171,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold_list", default="wsolevaluation",
                    choices=("wsolevaluation", "public_code"))
     p.add_argument("--metric", choices=("auto", "box", "mask", "both"), default="auto")
+    p.add_argument("--box_threads", type=int, default=0,
+                   help="threads scoring the box metrics (0: one per core)")
     p.add_argument("--output_json", default=None,
                    help="write the results (rows as in results_<split>.json) here")
     return p
@@ -189,6 +194,8 @@ def _pair_folders(root: str) -> dict[tuple[str, str], str]:
 
 
 def run(args: argparse.Namespace) -> dict:
+    if args.box_threads < 0:
+        raise UserError(f"--box_threads must be >= 0 (0: one per core), got {args.box_threads}")
     root = args.scoremap_root or os.path.join(args.root, args.experiment_name, "scoremaps",
                                               args.split)
     if not os.path.isdir(root):
@@ -211,7 +218,7 @@ def run(args: argparse.Namespace) -> dict:
             folder, args.metadata_root, args.mask_root, args.dataset_name, args.split,
             args.multi_contour_eval, args.iou_threshold_list, args.cam_curve_interval,
             args.metric, args.loc_threshold, args.first_box_only, args.threshold_list,
-            corrects)
+            corrects, args.box_threads)
         row = {"method": method, "branch": branch,
                "clamp": bool(record.get("clamp", True)) and branch == "sigmoid"}
         row.update(summary.get("box", {}))

@@ -24,7 +24,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from wsol.cams import CAMMethod, compute_cams_per_branch, evaluation_maps, normalize_maps
 from wsol.data.metadata import GroundTruth, configure_metadata
@@ -36,6 +35,7 @@ from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD, make_threshold_list, quan
 from wsol.results import write_json
 from wsol.runtime.acceleration import Acceleration, autocast, to_device
 from wsol.runtime.distributed import DistContext, all_reduce_sum, reduce_state
+from wsol.runtime.progress import progress
 
 __all__ = ["EvalSettings", "CAMComputer", "DeviceHandOff"]
 
@@ -63,6 +63,7 @@ class EvalSettings:
     fidelity: bool = False
     fidelity_steps: int = 0           # > 0: insertion/deletion AUC with this many steps
     fidelity_protocol: str = "softmax_head"  # or "public_code" (Table 1's definition)
+    box_threads: int = 0              # threads of the box scoring (0: one per core)
     show_progress: bool = True
     overlay_count: int = 0            # --save_overlays: images per (method, branch)
     overlay_root: str | None = None   # where they go (<log_folder>/overlays/<split>)
@@ -145,13 +146,14 @@ class CAMComputer:
                       cam_threshold_list=thresholds, mask_root=mask_root,
                       resize_length=settings.resize_length, ground_truth=self.ground_truth)
         # One thread pool for every box evaluator: their batches take turns.
-        self.executor = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="wsol-box") \
-            if settings.box_metrics and (os.cpu_count() or 1) > 1 else None
+        threads = settings.box_threads or os.cpu_count() or 1
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="wsol-box") \
+            if settings.box_metrics and threads > 1 else None
         self.box = {pair: BoxEvaluator(iou_threshold_list=list(settings.iou_threshold_list),
                                        multi_contour_eval=settings.multi_contour_eval,
                                        loc_threshold=settings.loc_threshold,
                                        first_box_only=settings.first_box_only,
-                                       executor=self.executor, **common)
+                                       num_workers=threads, executor=self.executor, **common)
                     for pair in self.pairs if settings.box_metrics}
         self.hand_off = {pair: DeviceHandOff(evaluator) for pair, evaluator in self.box.items()}
         self.mask = {pair: MaskEvaluator(**common)
@@ -183,10 +185,9 @@ class CAMComputer:
         correct_softmax = torch.zeros((), dtype=torch.long, device=self.device)
         correct_sigmoid = torch.zeros((), dtype=torch.long, device=self.device)
         seen = 0
-        bar = tqdm(self.loader, desc="evaluate", leave=False, disable=not settings.show_progress)
         needs_normalised = bool(self.overlays is not None or self.fidelity
                                 or settings.scoremap_root)
-        for images, labels, image_ids in bar:
+        for images, labels, image_ids in progress(self.loader, "evaluate", settings.show_progress):
             if labels.numel() == 0:  # every image of the batch was unreadable and skipped
                 continue
             images = to_device(images, self.device, settings.accel)

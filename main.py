@@ -5,6 +5,8 @@ dataset; ``python main.py --help`` lists the flags.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -16,11 +18,13 @@ import torch
 
 import config
 from config import ConfigError, checkpoint_path
-from data_loaders import LoaderSettings, get_data_loader
+from data_loaders import (GroundTruth, LoaderSettings, MetadataError, configure_metadata,
+                          get_class_labels, get_data_loader)
 from wsol.architectures import ArchitectureSpec, build_cam_model, get_spec
 from wsol.errors import UserError
 from wsol.model import CAMModel
-from wsol.results import format_table, write_json
+from wsol.cams import verify_cam_model
+from wsol.results import format_table, json_ready, read_json, run_record, write_json
 from wsol.runtime.acceleration import Acceleration, check_amp, prepare_model
 from wsol.runtime.checkpoint import (MODEL_SETTINGS, CheckpointError, export_state_dict,
                                      find_pretrained, link_checkpoint, load_into_cam_model,
@@ -185,7 +189,7 @@ def evaluate(args, model: CAMModel, device: torch.device,
         first_box_only=args.first_box_only, scoremap_root=scoremap_root,
         map_style=args.map_style, threshold_list=args.threshold_list,
         fidelity=args.fidelity, fidelity_steps=args.fidelity_steps,
-        fidelity_protocol=args.fidelity_protocol,
+        fidelity_protocol=args.fidelity_protocol, box_threads=args.box_threads,
         normalization=(spec.mean, spec.std),
         show_progress=sys.stderr.isatty() and ctx.is_main, accel=accel,
         overlay_count=getattr(args, "save_overlays", 0),
@@ -237,13 +241,15 @@ def _run(args, ctx: DistContext) -> dict | None:
     accel = acceleration(args, device)
     model, spec = build_model(args)
     model = prepare_model(model, device, accel)
+    evaluated = load_for_evaluation(args, model) if args.eval_only else None
+    preflight(args, model, device)
     tracker = Tracker(args.wandb if ctx.is_main else "off", args.project,
                       args.wandb_name or args.experiment_name,
                       {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool))},
                       args.log_folder)
     try:
         if args.eval_only:
-            log.info("evaluating %s", load_for_evaluation(args, model))
+            log.info("evaluating %s", evaluated)
         else:
             train(args, model, spec, device, tracker, generator, ctx, accel)
         if getattr(args, "skip_eval", False):
@@ -251,12 +257,16 @@ def _run(args, ctx: DistContext) -> dict | None:
         start = time.perf_counter()
         results = evaluate(args, model, device, ctx, accel)
         results["eval_seconds"] = time.perf_counter() - start
+        results["evaluation"] = evaluation_record(args)
+        results["run"] = run_record(args.argv, os.path.dirname(os.path.abspath(__file__)),
+                                    describe_device(device), args.seed)
         if ctx.is_main:
             print(format_table(results, "MaxBoxAccV2" if args.multi_contour_eval
                                else "MaxBoxAcc"))
-            write_json(results, os.path.join(args.log_folder, f"results_{args.split}.json"))
-            tracker.log({f"{r['method']}/{r['branch']}/{k}": v for r in results["rows"]
-                         for k, v in r.items() if isinstance(v, float)})
+            write_json(results, results_path(args.log_folder, args.split, results["evaluation"]))
+            tracker.log({**{f"{r['method']}/{r['branch']}/{k}": v for r in results["rows"]
+                            for k, v in r.items() if isinstance(v, (int, float))},
+                         **results["classification"]})
             if getattr(args, "plots", False) or getattr(args, "save_overlays", 0):
                 from wsol.visualize import write_pictures
                 write_pictures(args.log_folder, args.split, results, args.plots,
@@ -264,6 +274,65 @@ def _run(args, ctx: DistContext) -> dict | None:
         return results
     finally:
         tracker.finish()
+
+
+def preflight(args, model: CAMModel, device: torch.device) -> None:
+    """What can fail later is checked before any work: the splits' images and
+    metadata, and whether the model's CAM layer and head fit the methods
+    (wsol.cams.verify_cam_model, on a random image of the input size)."""
+    splits = ([] if args.eval_only else ["train"]) + ([] if args.skip_eval else [args.split])
+    for split in splits:
+        if not os.path.isdir(args.image_root):
+            raise MetadataError(f"image folder not found: {args.image_root} (check --data_root: "
+                                f"images of dataset D are under <data_root>/D)")
+        metadata = configure_metadata(os.path.join(args.split_metadata_root, split))
+        if split == args.split and not args.skip_eval:
+            GroundTruth(metadata, mask_root=args.dataset_mask_root,
+                        boxes=args.dataset_name in config.BOX_DATASETS,
+                        masks=args.dataset_name in config.MASK_DATASETS)
+        else:
+            get_class_labels(metadata)
+    if not args.skip_eval:
+        probe = torch.randn(2, 3, args.crop_size, args.crop_size,
+                            generator=torch.Generator().manual_seed(0)).to(device)
+        verify_cam_model(model, probe, config.cam_methods(args), args.cam_branches)
+
+
+def evaluation_record(args) -> dict:
+    """What an evaluation's numbers depend on besides the model."""
+    return {"split": args.split, "checkpoint": args.eval_checkpoint_type if args.eval_only
+            else "last", "methods": [repr(m) for m in config.cam_methods(args)],
+            "branches": list(args.cam_branches), "clamp": not args.no_clamp,
+            "cam_curve_interval": args.cam_curve_interval,
+            "iou_threshold_list": list(args.iou_threshold_list),
+            "loc_threshold": args.loc_threshold, "multi_contour_eval": args.multi_contour_eval,
+            "choices": args.choices.as_dict(), "fidelity": args.fidelity,
+            "fidelity_steps": args.fidelity_steps, "crop_size": args.crop_size}
+
+
+def results_path(folder: str, split: str, evaluation: dict) -> str:
+    """``results_<split>.json``, unless it holds an evaluation of other
+    settings: then ``results_<split>_<fingerprint>.json`` (nothing is overwritten
+    by numbers of other settings)."""
+    path = os.path.join(folder, f"results_{split}.json")
+    if os.path.isfile(path):
+        try:
+            previous = read_json(path).get("evaluation")
+        except (OSError, ValueError, AttributeError):
+            previous = None
+        if previous is not None and previous != json_ready(evaluation):
+            digest = hashlib.sha1(json.dumps(json_ready(evaluation), sort_keys=True)
+                                  .encode()).hexdigest()[:8]
+            path = os.path.join(folder, f"results_{split}_{digest}.json")
+            log.info("results_%s.json holds an evaluation of other settings; writing %s",
+                     split, os.path.basename(path))
+    return path
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({os.cpu_count()} cores)"
 
 
 def _barrier(ctx: DistContext) -> None:
@@ -277,11 +346,14 @@ DEMO_COMMON = ["--dataset_name", "SYNTH", "--architecture", "resnet18",
                "--large_feature_map", "TRUE", "--resize_size", "72", "--crop_size", "64",
                "--batch_size", "32", "--workers", "1", "--seed", "0",
                "--method", "cam,gradcam"]
+# Sized to finish in about 1.5 min on a quiet 2-core CPU (README, "The demo"): three
+# vanilla epochs at batch 16 (more updates per second of CPU than batch 32 here), one
+# epoch of the sigmoid branch.
 DEMO_VANILLA = ["--experiment_name", "demo_vanilla", "--model_structure", "vanilla",
-                "--epochs", "6", "--lr", "0.05", "--lr_classifier_ratio", "1",
-                "--lr_decay_frequency", "6", "--weight_decay", "1e-4"]
+                "--epochs", "3", "--lr", "0.05", "--lr_classifier_ratio", "1",
+                "--lr_decay_frequency", "3", "--weight_decay", "1e-4", "--batch_size", "16"]
 DEMO_B2 = ["--experiment_name", "demo_b2", "--model_structure", "b2", "--override_cache",
-           "--epochs", "3", "--lr", "0.01", "--lr_decay_frequency", "4",
+           "--epochs", "1", "--lr", "0.02", "--lr_decay_frequency", "4",
            "--weight_decay", "1e-4", "--cam_branch", "softmax,sigmoid",
            "--save_overlays", "8", "--plots"]  # the pictures README shows
 

@@ -198,7 +198,8 @@ class TableRow:
 def find_result_files(paths: Iterable[str], split: str | None) -> list[str]:
     """``results_<split>.json`` of each experiment folder; JSON files as given."""
     files = []
-    pattern = f"results_{split}.json" if split else "results_*.json"
+    # results_<split>.json, and results_<split>_<fingerprint>.json of other settings
+    pattern = f"results_{split}*.json" if split else "results_*.json"
     for path in paths:
         if os.path.isdir(path):
             files += sorted(glob.glob(os.path.join(path, pattern)))

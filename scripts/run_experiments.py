@@ -119,13 +119,13 @@ PLANS = {
         ("inception_v3", "cam"): Recipe(3e-4), ("inception_v3", "gradcam"): Recipe(3e-4)},
         TABLE2_METHODS),
     # The CPU demo of main.py (python main.py): one ResNet18 serves both families.
-    "SYNTH": DatasetPlan(3, 4, {("resnet18", "cam"): Recipe(0.01, large_feature_map=True)},
+    "SYNTH": DatasetPlan(1, 4, {("resnet18", "cam"): Recipe(0.02, large_feature_map=True)},
                          {"cam": ("cam", "gradcam")},
                          vanilla={("resnet18", "cam"): Recipe(0.05, large_feature_map=True)},
-                         vanilla_epochs=6, vanilla_decay=6, backbones=("resnet18",),
+                         vanilla_epochs=3, vanilla_decay=3, backbones=("resnet18",),
                          extra=("--resize_size", "72", "--crop_size", "64"))}
-# The demo trains its vanilla model with every layer at --lr.
-VANILLA_EXTRA = {"SYNTH": ("--lr_classifier_ratio", "1")}
+# The demo trains its vanilla model with every layer at --lr, at batch 16.
+VANILLA_EXTRA = {"SYNTH": ("--lr_classifier_ratio", "1", "--batch_size", "16")}
 # Datasets without released vanilla checkpoints: the vanilla model is trained.
 TRAIN_VANILLA = ("CARS", "SYNTH")
 

@@ -208,7 +208,7 @@ def test_end_to_end_vanilla_then_b2_is_in_range_and_deterministic(tiny_synth_roo
         for key in ("MaxBoxAccV2", "MaxBoxAcc", "GT-known Loc", "Top-1 Loc", "PxAP"):
             assert 0.0 <= row[key] <= 100.0, key
         assert row["Top-1 Loc"] <= row["GT-known Loc"]
-    strip = lambda r: {k: v for k, v in r.items() if k != "eval_seconds" and k != "experiment"}
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("eval_seconds", "experiment", "run")}
     assert strip(first) == strip(second)
     vanilla_rows = run_tiny(root, "vanilla", ["--eval_only"])["rows"]
     softmax_rows = [r for r in first["rows"] if r["branch"] == "softmax"]

@@ -123,7 +123,7 @@ def test_single_contour_evaluation_changes_the_printed_column(tiny_synth_root, t
     assert lines[2][column:column + len(value)] == value
 
 
-@pytest.mark.parametrize("box_flag", [[], ["--multi_contour_eval", "FALSE"]])
+@pytest.mark.parametrize("box_flag", [[], ["--multi_contour_eval", "FALSE"], ["--box_threads", "1"]])
 def test_evaluation_py_prints_main_pys_table_from_the_saved_maps(tiny_synth_root, tmp_path,
                                                                  capsys, box_flag):
     copy_as_dataset(tiny_synth_root, tmp_path, "SYNTH")

@@ -514,9 +514,10 @@ def test_bench_throughput_runs_small_and_reports_every_ratio(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("script,args,expected", [
-    ("bench_eval.py", ["--num_maps", "8", "--cam_curve_interval", "0.01", "--repeats", "1",
-                       "--ref_repeats", "1"],
-     "identical counts (MaxBoxAcc V1/V2 curves, GT-known/Top-1 Loc): True"),
+    ("bench_eval.py", ["--num_maps", "12", "--groups", "blobs,rings,upsampled",
+                       "--cam_curve_interval", "0.01", "--repeats", "1", "--ref_repeats", "1"],
+     "identical counts (both curves at every CAM and IoU threshold, GT-known and Top-1 "
+     "Loc): yes"),
     ("bench_cams.py", ["--archs", "resnet18", "--batch_size", "2", "--size", "32",
                        "--num_classes", "10", "--repeats", "1", "--warmup", "0", "--extra",
                        "--scorecam_topk", "2", "--smooth_samples", "2"],
@@ -527,3 +528,27 @@ def test_the_other_benchmarks_run_small(script, args, expected):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert expected in done.stdout
+
+
+def test_bench_eval_scores_a_trained_models_maps_like_wsolevaluation(tiny_synth_root, tmp_path,
+                                                                     capsys):
+    """The 'trained' group: CAMs of a (briefly) trained SYNTH model with the
+    images' real boxes; every count equals wsolevaluation's algorithm's."""
+    from scripts import bench_eval
+    copy_as_dataset(tiny_synth_root, tmp_path, "SYNTH")
+    main_module.run(config.get_configs([
+        "--dataset_name", "SYNTH", "--architecture", "resnet18", "--root", str(tmp_path / "runs"),
+        "--experiment_name", "v", "--data_root", str(tmp_path / "dataset"),
+        "--metadata_root", str(tmp_path / "metadata"), "--resize_size", "40", "--crop_size",
+        "32", "--batch_size", "8", "--workers", "0", "--epochs", "1", "--lr", "0.01",
+        "--skip_eval"]))
+    code = bench_eval.main([
+        "--groups", "trained", "--num_maps", "12", "--cam_curve_interval", "0.01",
+        "--repeats", "1", "--workers", "1", "--checkpoint",
+        str(tmp_path / "runs" / "v" / "last_checkpoint.pth.tar"),
+        "--data_root", str(tmp_path / "dataset"), "--metadata_root", str(tmp_path / "metadata")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    images = len(open(tmp_path / "metadata" / "SYNTH" / "test" / "image_ids.txt").readlines())
+    assert f"maps: {min(12, 2 * images)} (224x224; trained {min(12, 2 * images)})" in out
+    assert "Loc): yes" in out

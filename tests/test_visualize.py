@@ -248,3 +248,14 @@ def test_class_names(tmp_path):
     assert viz.class_names_for("CUB", 2) == ["class 0", "class 1"]
     names = viz.class_names_for("ILSVRC", 1000)
     assert len(names) == 1000 and names[0] != "class 0"
+
+
+def test_long_captions_wrap_instead_of_being_cut_off():
+    import cv2
+    text = "gradcam | sigmoid (ours) | sigmoid score 0.93 explains class twelve"
+    lines = viz._wrap(text, 96, 0.4)
+    assert len(lines) > 1 and " ".join(lines) == text  # every word, in order
+    assert all(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0] <= 90
+               for line in lines)
+    image = np.zeros((40, 96, 3), np.uint8)
+    assert viz.add_caption(image, [text]).shape[0] > viz.add_caption(image, ["short"]).shape[0]

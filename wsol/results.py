@@ -11,7 +11,7 @@ import math
 import os
 from typing import Any
 
-__all__ = ["TABLE_COLUMNS", "format_table", "json_ready", "write_json", "read_json"]
+__all__ = ["TABLE_COLUMNS", "format_table", "json_ready", "write_json", "read_json", "run_record"]
 
 TABLE_COLUMNS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP")
 
@@ -71,3 +71,35 @@ def write_json(payload: Any, path: str) -> None:
 def read_json(path: str) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def run_record(command: list[str], code_dir: str, device: str | None = None,
+               seed: int | None = None) -> dict:
+    """How a run was made: the command line, the code's git commit (and
+    whether it had uncommitted changes), the library versions, the device,
+    the seed and the date."""
+    import datetime
+    import platform
+    import shlex
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=code_dir, capture_output=True, text=True,
+                                  timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "torchvision", "numpy", "cv2", "timm"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        versions["opencv" if name == "cv2" else name] = getattr(module, "__version__", "?")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"command": shlex.join(command), "git_commit": git("rev-parse", "HEAD"),
+            "git_dirty": None if status is None else bool(status), "versions": versions,
+            "device": device, "seed": seed,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

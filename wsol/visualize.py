@@ -133,17 +133,32 @@ def _fit_text(text: str, width: int, scale: float) -> str:
     return text
 
 
+def _wrap(text: str, width: int, scale: float) -> list[str]:
+    """``text`` in lines of at most ``width`` pixels, broken between words (a
+    single word too long for a line is shortened)."""
+    lines: list[str] = []
+    for word in _ascii(text).split(" "):
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and cv2.getTextSize(candidate, _FONT, scale, 1)[0][0] <= width - 6:
+            lines[-1] = candidate
+        else:
+            lines.append(_fit_text(word, width, scale))
+    return lines or [""]
+
+
 def add_caption(image: np.ndarray, lines: Sequence[str], scale: float | None = None,
                 colors: Sequence[tuple[int, int, int]] | None = None) -> np.ndarray:
-    """``image`` below a dark strip holding ``lines`` of text."""
+    """``image`` below a dark strip holding ``lines`` of text, each wrapped to
+    the image's width (nothing is cut off)."""
     width = image.shape[1]
     scale = scale or max(0.35, min(0.6, width / 520))
+    wrapped = [(part, colors[i] if colors else (235, 235, 235))
+               for i, line in enumerate(lines) for part in _wrap(line, width, scale)]
     line_height = int(cv2.getTextSize("Ag", _FONT, scale, 1)[0][1] * 1.9) + 2
-    strip = np.full((line_height * len(lines) + 4, width, 3), 24, np.uint8)
-    for i, line in enumerate(lines):
-        color = tuple(int(c) for c in (colors[i] if colors else (235, 235, 235)))
-        cv2.putText(strip, _fit_text(line, width, scale), (4, line_height * (i + 1) - 3),
-                    _FONT, scale, color, 1, cv2.LINE_AA)
+    strip = np.full((line_height * len(wrapped) + 4, width, 3), 24, np.uint8)
+    for i, (line, color) in enumerate(wrapped):
+        cv2.putText(strip, line, (4, line_height * (i + 1) - 3), _FONT, scale,
+                    tuple(int(c) for c in color), 1, cv2.LINE_AA)
     return np.concatenate([strip, image], axis=0)
 
 

@@ -1,30 +1,51 @@
-"""Experiment tracking with wandb, optional: it never fails or stalls a run."""
+"""Experiment tracking with wandb, optional: it never prompts, fails or stalls a run.
+
+Online logging needs an API key (``WANDB_API_KEY`` or ``wandb login``'s netrc
+entry) and a reachable server (``WANDB_BASE_URL``, default api.wandb.ai).
+Without either, the run logs offline -- never asking for a key, whatever the
+terminal -- and says in one line where the offline run is and how to sync
+it.  ``WANDB_DIR`` is honoured (default: the experiment folder).
+"""
 from __future__ import annotations
 
 import logging
+import netrc
 import os
 import socket
 from typing import Any
+from urllib.parse import urlparse
 
 __all__ = ["Tracker"]
 
 log = logging.getLogger(__name__)
 
 
-def _wandb_reachable(timeout: float = 3.0) -> bool:
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+def _server() -> tuple[str, int]:
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+
+
+def _has_api_key(host: str) -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
     try:
-        with socket.create_connection((host.split(":")[0], 443), timeout=timeout):
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
 
 
 class Tracker:
-    """wandb when asked for and available; otherwise a no-op.  A failing
-    wandb (not installed, no key, no network) logs one warning and never
-    fails or stalls the run: online mode without a reachable server falls
-    back to offline, which can be synced later with ``wandb sync``."""
+    """wandb when asked for and available; otherwise a no-op.  A failing wandb
+    (not installed, no key, no network, any exception) logs one warning and
+    never fails or stalls the run."""
 
     def __init__(self, mode: str, project: str, name: str | None, config: dict[str, Any],
                  folder: str):
@@ -36,15 +57,32 @@ class Tracker:
         except ImportError:
             log.warning("--wandb %s: wandb is not installed (pip install wandb); not logging", mode)
             return
-        if mode == "online" and not _wandb_reachable():
-            log.warning("--wandb online: the wandb server is unreachable; logging offline")
-            mode = "offline"
+        if mode == "online":
+            host, port = _server()
+            if not _has_api_key(host):
+                log.warning("--wandb online: no wandb API key (set WANDB_API_KEY or run `wandb "
+                            "login`); logging offline")
+                mode = "offline"
+            elif not _reachable(host, port):
+                log.warning("--wandb online: the wandb server %s is unreachable; logging "
+                            "offline", host)
+                mode = "offline"
+        directory = os.environ.get("WANDB_DIR") or folder
         try:
-            self.run = wandb.init(project=project, name=name, config=config, dir=folder,
-                                  mode=mode, settings=wandb.Settings(init_timeout=30))
+            try:  # wandb's own messages off: ours say what matters
+                settings = wandb.Settings(init_timeout=30, silent=True)
+            except Exception:
+                settings = wandb.Settings(init_timeout=30)
+            self.run = wandb.init(project=project, name=name, config=config, dir=directory,
+                                  mode=mode, settings=settings)
         except Exception as error:  # wandb raises many kinds; none may stop training
             log.warning("wandb could not start (%s); not logging", error)
             self.run = None
+            return
+        if mode == "offline" and self.run is not None:
+            run_folder = os.path.dirname(str(getattr(self.run, "dir", directory)))
+            log.info("wandb: logging offline to %s; upload it later with `wandb sync %s`",
+                     run_folder, run_folder)
 
     def log(self, values: dict[str, Any], step: int | None = None) -> None:
         if self.run is not None:

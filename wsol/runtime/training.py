@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from wsol.architectures import LRRule
 from wsol.method import SIGMOID_BRANCH, training_loss
 from wsol.model import CAMModel
 from wsol.runtime.acceleration import Acceleration, autocast, to_device
+from wsol.runtime.progress import progress
 
 __all__ = ["OptimConfig", "ParamGroup", "parameter_groups", "build_optimizer",
            "build_scheduler", "decayed_lr", "lr_schedule", "train_one_epoch"]
@@ -159,8 +159,7 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show_progress)
-    for images, labels, _ in bar:
+    for images, labels, _ in progress(loader, f"epoch {epoch}", show_progress):
         if labels.numel() == 0:  # every image of the batch was unreadable and skipped
             continue
         images = to_device(images, device, accel)
