@@ -23,6 +23,7 @@ from wsol.errors import UserError
 from wsol.cams import CAM_METHODS, CAMMethod, ScoreCAM, SmoothGradCAMPlusPlus, parse_methods
 from wsol.model import FROZEN_MODES
 from wsol.replay import REPLAYS, RunChoices, resolve_choices
+from wsol.runtime.lock import FolderLock
 from wsol.results import run_record, write_json
 
 __all__ = ["DATASET_NUM_CLASSES", "get_configs", "build_parser", "configure_log_folder",
@@ -75,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help="continue an interrupted training run from its last checkpoint")
     g.add_argument("--workers", type=int, default=_default_workers(),
-                   help="data-loading processes (default: min(4, CPU cores))")
+                   help="data-loading processes; the default is min(4, CPU cores)")
+    g.add_argument("--dist_timeout", type=float, default=300,
+                   help="seconds a torchrun process waits for the others in a collective "
+                        "before the job ends with a message (a stopped or crashed rank)")
     g.add_argument("--gpus", default=None,
                    help="GPU index (e.g. 0); without CUDA the CPU is used with a warning")
     g.add_argument("--demo", action="store_true",
@@ -165,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", "--epoch", dest="epochs", type=int, default=10,
                    help="training epochs (0: save the initial model)")
     g.add_argument("--batch_size", type=int, default=32, help="images per batch and process")
+    g.add_argument("--global_batch_size", type=int, default=None,
+                   help="images per optimisation step over all torchrun processes: each "
+                        "takes global / world size (so that N processes train the experiment "
+                        "one process trains with --batch_size equal to it); instead of "
+                        "--batch_size")
     g.add_argument("--lr", type=float, default=0.003,
                    help="learning rate of the feature part; the rest trains at lr x "
                         "--lr_classifier_ratio (wsolevaluation's groups, which the published "
@@ -337,6 +346,17 @@ def finalize(args: argparse.Namespace, given: set[str] | None = None) -> argpars
             raise ConfigError("--cam_branch sigmoid needs a dual-branch model: "
                               "add --model_structure b2")
     args.unfreeze_layers = tuple(s.strip() for s in args.unfreeze_layer.split(",") if s.strip())
+    if args.global_batch_size is not None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun sets it before we start
+        if "batch_size" in given:
+            raise ConfigError("pass either --batch_size (per process) or --global_batch_size "
+                              "(over all processes), not both")
+        if args.global_batch_size < world or args.global_batch_size % world:
+            raise ConfigError(f"--global_batch_size {args.global_batch_size} must be a "
+                              f"multiple of the number of processes ({world})")
+        args.batch_size = args.global_batch_size // world
+    if args.dist_timeout <= 0:
+        raise ConfigError(f"--dist_timeout must be > 0 seconds, got {args.dist_timeout}")
     for name, value, low in (("--epochs", args.epochs, 0), ("--batch_size", args.batch_size, 1),
                              ("--lr_decay_frequency", args.lr_decay_frequency, 1),
                              ("--workers", args.workers, 0),
@@ -423,27 +443,55 @@ def checkpoint_path(log_folder: str, prefix: str) -> str:
     return os.path.join(log_folder, f"{prefix}_checkpoint.pth.tar")
 
 
-def configure_log_folder(args: argparse.Namespace) -> tuple[str, bool]:
-    """The experiment folder, and whether this run created it.  Training never
-    silently overwrites a folder that holds checkpoints or results; a folder
-    left by a run that failed before its first checkpoint is reused."""
+def configure_log_folder(args: argparse.Namespace) -> tuple[str, bool, FolderLock | None]:
+    """The experiment folder, whether this run created it, and its lock
+    (held by a training run; None for --eval_only).  Training never silently
+    overwrites a folder that holds checkpoints or results, nor touches one
+    another live run holds (wsol.runtime.lock); a folder left by a run that
+    failed before its first checkpoint is reused.  Temporary files of
+    interrupted saves are removed once the folder is held."""
     folder = args.log_folder
+    lock = FolderLock(folder)
     if getattr(args, "resume", False) and not args.eval_only:
-        if not os.path.isfile(checkpoint_path(folder, "last")):
-            raise ConfigError(f"--resume: {folder} has no last_checkpoint.pth.tar to resume from")
-        return folder, False
+        if not resume_candidates(folder):
+            raise ConfigError(f"--resume: {folder} holds no checkpoint to resume from")
+        lock.acquire("resume in")
+        remove_stale_temporaries(folder)
+        return folder, False, lock
     existed = os.path.isdir(folder)
     if args.eval_only:
         os.makedirs(folder, exist_ok=True)
-        return folder, not existed
-    if existed and holds_results(folder):
-        if not args.override_cache:
-            raise ConfigError(f"experiment folder {folder} exists: choose another "
-                              f"--experiment_name or pass --override_cache to replace it")
+        return folder, not existed, None
     if existed:
+        lock.check("replace" if args.override_cache else "train in")
+        if holds_results(folder) and not args.override_cache:
+            raise ConfigError(f"experiment folder {folder} exists: choose another "
+                              f"--experiment_name or pass --override_cache to replace it, or "
+                              f"--resume to continue it")
         shutil.rmtree(folder)
     os.makedirs(folder, exist_ok=True)
-    return folder, True
+    lock.acquire("train in")
+    return folder, True, lock
+
+
+def resume_candidates(folder: str) -> list[str]:
+    """The checkpoints a --resume may continue from: ``interrupted`` (mid-epoch),
+    ``last`` and every ``<epoch>_checkpoint`` present."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                  if name.endswith("_checkpoint.pth.tar"))
+
+
+def remove_stale_temporaries(folder: str) -> None:
+    """``*.tmp`` files of saves a killed run left behind (the caller holds the folder)."""
+    for name in os.listdir(folder):
+        if name.endswith(".tmp"):
+            try:
+                os.remove(os.path.join(folder, name))
+                logging.getLogger(__name__).info("removed %s, left by an interrupted save", name)
+            except OSError:
+                pass
 
 
 def holds_results(folder: str) -> bool:

@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"--save_scoremaps writes to {SCOREMAP_RECORD} beside the maps; this folder has "
               f"none)")
     if args.output_json:
-        write_json(results, args.output_json)
+        write_json(results, args.output_json, "the results (printed above) to")
     return 0
 
 

@@ -100,13 +100,12 @@ def load_model(args) -> tuple[object, dict]:
 
 
 def _load_image(path: str):
-    from PIL import Image
+    from wsol.data.images import READ_ERRORS, open_rgb
     if not os.path.isfile(path):
         raise UserError(f"image not found: {path}")
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as error:
+        return open_rgb(path)  # upright and 8-bit, as the loaders read it
+    except READ_ERRORS as error:
         raise UserError(f"cannot read image {path}: {error}") from None
 
 

@@ -184,6 +184,7 @@ class CAMComputer:
         size = (settings.resize_length, settings.resize_length)
         correct_softmax = torch.zeros((), dtype=torch.long, device=self.device)
         correct_sigmoid = torch.zeros((), dtype=torch.long, device=self.device)
+        nonfinite = torch.zeros((), dtype=torch.long, device=self.device)  # images
         seen = 0
         needs_normalised = bool(self.overlays is not None or self.fidelity
                                 or settings.scoremap_root)
@@ -200,8 +201,11 @@ class CAMComputer:
             predicted = first.logits.argmax(1)
             correct = predicted == labels  # the softmax head classifies
             correct_softmax += correct.sum()
+            finite = torch.isfinite(first.logits).all(1)
             if first.logits_sigmoid is not None:
                 correct_sigmoid += (first.logits_sigmoid.argmax(1) == labels).sum()
+                finite &= torch.isfinite(first.logits_sigmoid).all(1)
+            nonfinite += (~finite).sum()  # a diverged model: flagged in the table
             if settings.scoremap_root:
                 self.predictions.update(zip(image_ids, predicted.tolist()))
             fidelity_maps = self._fidelity_maps(images, predicted, size)
@@ -234,10 +238,10 @@ class CAMComputer:
             seen += labels.shape[0]
         for hand_off in self.hand_off.values():
             hand_off.finish()
-        totals = torch.stack([correct_softmax, correct_sigmoid,
+        totals = torch.stack([correct_softmax, correct_sigmoid, nonfinite,
                               torch.tensor(seen, device=self.device),
                               torch.tensor(len(self.loader.sampler), device=self.device)])
-        correct_softmax, correct_sigmoid, seen, expected = \
+        correct_softmax, correct_sigmoid, nonfinite, seen, expected = \
             all_reduce_sum(totals, self.dist).tolist()
         for evaluator in [*self.box.values(), *self.mask.values(), *self.fidelity.values()]:
             evaluator.load_state(reduce_state(evaluator.state(), self.dist, self.device))
@@ -254,8 +258,12 @@ class CAMComputer:
         rows = self._rows()
         if self.executor is not None:
             self.executor.shutdown()
+        if nonfinite:
+            log.warning("%d of %d images got NaN/inf logits: the model has diverged; its "
+                        "numbers mean nothing", nonfinite, seen)
         return {"classification": classification, "num_images": seen,
-                "num_skipped_images": skipped, "rows": rows}
+                "num_skipped_images": skipped, "num_nonfinite_logits": nonfinite,
+                "rows": rows}
 
     def _write_record(self) -> None:
         """``run.json`` beside the saved maps: what ``python evaluation.py``

@@ -27,13 +27,14 @@ from wsol.cams import verify_cam_model
 from wsol.results import format_table, json_ready, read_json, run_record, write_json
 from wsol.runtime.acceleration import Acceleration, check_amp, prepare_model
 from wsol.runtime.checkpoint import (MODEL_SETTINGS, CheckpointError, export_state_dict,
-                                     find_pretrained, link_checkpoint, load_into_cam_model,
-                                     load_pretrained, save_checkpoint)
-from wsol.runtime.distributed import DistContext, ShardSampler, init_distributed
+                                     find_pretrained, link_checkpoint, load_checkpoint_file,
+                                     load_into_cam_model, load_pretrained, save_checkpoint)
+from wsol.runtime.interruption import Interrupted, StopSignals
+from wsol.runtime.distributed import DistContext, ShardSampler, init_distributed, is_timeout
 from wsol.runtime.seeding import resolve_device, rng_state, seed_everything, set_rng_state
 from wsol.runtime.tracking import Tracker
-from wsol.runtime.training import (OptimConfig, build_optimizer, build_scheduler,
-                                   lr_schedule, train_one_epoch)
+from wsol.runtime.training import (EpochProgress, OptimConfig, build_optimizer,
+                                   build_scheduler, lr_schedule, train_one_epoch)
 
 log = logging.getLogger("main")
 
@@ -112,45 +113,125 @@ def train(args, model: CAMModel, spec: ArchitectureSpec, device: torch.device,
         for group in schedule["groups"] if args.epochs else ():
             log.info("lr by epoch %s for %s", " ".join(f"{lr:.3g}" for lr in group["lr"]),
                      ", ".join(group["params"]))
-    first_epoch = 1
+    first_epoch, position = 1, None
     if args.resume:
-        first_epoch = resume_training(args, model, optimizer, scheduler, generator) + 1
+        first_epoch, position = resume_training(args, model, optimizer, scheduler, generator)
     log.info("training %s (%s) for epochs %d..%d on %d images", args.architecture,
              args.model_structure, first_epoch, args.epochs, len(loaders["train"].dataset))
-    for epoch in range(first_epoch, args.epochs + 1):
-        if hasattr(loaders["train"].sampler, "set_epoch"):
-            loaders["train"].sampler.set_epoch(epoch)
-        stats = train_one_epoch(model, loaders["train"], optimizer, device, epoch,
-                                show_progress=sys.stderr.isatty() and ctx.is_main,
-                                forward=forward, accel=accel)
-        scheduler.step()
-        if not ctx.is_main:
-            continue
-        tracker.log({**stats, "lr": optimizer.param_groups[0]["lr"]}, step=epoch)
-        payload = checkpoint_payload(model, args, epoch, optimizer, scheduler, generator)
-        path = checkpoint_path(args.log_folder, str(epoch))
-        save_checkpoint(payload, path)
-        link_checkpoint(path, checkpoint_path(args.log_folder, "last"))
+    sampler = loaders["train"].sampler
+    batches_per_epoch = len(loaders["train"])
+    with StopSignals() as signals:
+        signals.deferred = True  # checked after each step (wsol.runtime.interruption)
+        for epoch in range(first_epoch, args.epochs + 1):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            epoch_start = generator.get_state()  # what the epoch's order is drawn from
+            if position is not None:
+                generator.set_state(position.pop("generator"))
+                epoch_start = generator.get_state()
+                sampler.resume_after(position["batches"] * args.batch_size)
+                position = EpochProgress(**{k: position[k] for k in
+                                            ("batches", "loss_sum", "correct", "seen")})
+            stats, done = train_one_epoch(
+                model, loaders["train"], optimizer, device, epoch,
+                show_progress=sys.stderr.isatty() and ctx.is_main, forward=forward,
+                accel=accel, start=position, stop=lambda: _agreed(signals.received, ctx, device))
+            position = None
+            if stats is None:
+                raise _preempted(args, model, epoch, done, batches_per_epoch, epoch_start,
+                                 optimizer, scheduler, generator, signals, ctx)
+            scheduler.step()
+            if ctx.is_main:
+                tracker.log({**stats, "lr": optimizer.param_groups[0]["lr"]}, step=epoch)
+                payload = checkpoint_payload(model, args, epoch, optimizer, scheduler, generator)
+                path = checkpoint_path(args.log_folder, str(epoch))
+                save_checkpoint(payload, path)
+                link_checkpoint(path, checkpoint_path(args.log_folder, "last"))
+                _remove(checkpoint_path(args.log_folder, INTERRUPTED))
+            if _agreed(signals.received, ctx, device):  # arrived during the save
+                raise Interrupted(signals.received, f"stopped by {signals.name} after epoch "
+                                  f"{epoch}; continue with --resume (from "
+                                  f"{checkpoint_path(args.log_folder, str(epoch))})")
     if args.epochs == 0 and ctx.is_main:
         save_checkpoint(checkpoint_payload(model, args, 0, optimizer, scheduler, generator),
                         checkpoint_path(args.log_folder, "last"))
 
 
+INTERRUPTED = "interrupted"  # <folder>/interrupted_checkpoint.pth.tar: a mid-epoch state
+
+
+def _agreed(received: int | None, ctx: DistContext, device: torch.device) -> bool:
+    """Whether to stop now; under torchrun every rank stops at the same step
+    (a one-element all-reduce per step)."""
+    if not ctx.enabled:
+        return received is not None
+    import torch.distributed as dist
+    flag = torch.tensor([int(received is not None)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _preempted(args, model: CAMModel, epoch: int, done: EpochProgress, batches_per_epoch: int,
+               epoch_start, optimizer, scheduler, generator: torch.Generator,
+               signals: StopSignals, ctx: DistContext) -> Interrupted:
+    """Write the mid-epoch checkpoint (model, optimizer, scheduler, random
+    states, and where the epoch stands) and say how to continue."""
+    path = checkpoint_path(args.log_folder, INTERRUPTED)
+    if ctx.is_main:
+        payload = checkpoint_payload(model, args, epoch - 1, optimizer, scheduler, generator)
+        payload["position"] = {"epoch": epoch, "generator": epoch_start, **done.as_dict()}
+        save_checkpoint(payload, path)
+    signum = signals.received or 15
+    return Interrupted(signum, f"stopped by {signals.name or 'a signal'} in epoch {epoch} after "
+                       f"batch {done.batches} of {batches_per_epoch}; its "
+                       f"state is in {path}: continue with --resume")
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
 def resume_training(args, model: CAMModel, optimizer, scheduler,
-                    generator: torch.Generator) -> int:
-    """Restore model, optimizer, LR schedule and RNG states of the last
-    complete epoch; returns that epoch."""
-    path = checkpoint_path(args.log_folder, "last")
-    checkpoint = load_into_cam_model(model, path)
-    missing = [k for k in ("optimizer", "scheduler", "rng", "epoch") if k not in checkpoint]
-    if missing:
-        raise CheckpointError(f"--resume: {path} lacks {', '.join(missing)}; it was not "
+                    generator: torch.Generator) -> tuple[int, dict | None]:
+    """Restore the newest complete checkpoint of any kind (mid-epoch, last,
+    or an epoch's; one that cannot be read is passed over with a warning):
+    model, optimizer, LR schedule and random states.  Returns the epoch to
+    run next and, for a mid-epoch checkpoint, where that epoch stands."""
+    candidates = []
+    paths = config.resume_candidates(args.log_folder)
+    for path in paths:
+        if any(other != path and os.path.samefile(other, path) for other in paths
+               if other < path):
+            continue  # last_checkpoint is a link to an epoch's
+        try:
+            checkpoint = load_checkpoint_file(path)
+        except CheckpointError as error:
+            log.warning("--resume: passing over %s", error)
+            continue
+        missing = [k for k in ("optimizer", "scheduler", "rng", "epoch") if k not in checkpoint]
+        if missing:
+            log.warning("--resume: passing over %s: it lacks %s", path, ", ".join(missing))
+            continue
+        position = checkpoint.get("position")
+        rank = (int(checkpoint["epoch"]), position["batches"] if position else 0)
+        candidates.append((rank, path, checkpoint))
+    if not candidates:
+        raise CheckpointError(f"--resume: no complete checkpoint in {args.log_folder} was "
                               f"written by a training run of this toolkit")
+    (epoch, batches), path, checkpoint = max(candidates, key=lambda c: c[0])
+    load_into_cam_model(model, path, checkpoint)
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     set_rng_state(checkpoint["rng"], generator)
-    log.info("resuming after epoch %d from %s", checkpoint["epoch"], path)
-    return int(checkpoint["epoch"])
+    position = checkpoint.get("position")
+    if position:
+        log.info("resuming epoch %d after batch %d from %s", position["epoch"], batches, path)
+        return int(position["epoch"]), dict(position)
+    log.info("resuming after epoch %d from %s", epoch, path)
+    return epoch + 1, None
 
 
 def load_for_evaluation(args, model: CAMModel) -> str:
@@ -209,23 +290,28 @@ def run(args) -> dict | None:
     """Train (unless --eval_only) and evaluate one experiment.  Under torchrun
     every rank computes; only rank 0 writes files and logs.  A run that fails
     before its first checkpoint removes the folder it created."""
-    ctx = init_distributed()
-    folder, created = None, False
+    ctx = init_distributed(args.dist_timeout)
+    folder, created, lock = None, False, None
     if ctx.is_main:
-        folder, created = config.configure_log_folder(args)
-        config.configure_logging(folder)
-        config.save_config(args, os.path.join(folder, "config.json" if not args.eval_only
-                                              else "config_eval.json"))
-    else:
-        config.configure_logging(None)
-        logging.getLogger().setLevel(logging.WARNING)
+        folder, created, lock = config.configure_log_folder(args)
     try:
-        return _run(args, ctx)
+        if ctx.is_main:
+            config.configure_logging(folder)
+            config.save_config(args, os.path.join(folder, "config.json" if not args.eval_only
+                                                  else "config_eval.json"))
+        else:
+            config.configure_logging(None)
+            logging.getLogger().setLevel(logging.WARNING)
+        with StopSignals():  # SIGTERM/SIGUSR1 outside training: stop with a message
+            return _run(args, ctx)
     except BaseException:
         if created and not config.holds_results(folder):
             config.configure_logging(None)  # release log.log before removing it
             shutil.rmtree(folder, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _run(args, ctx: DistContext) -> dict | None:
@@ -263,7 +349,8 @@ def _run(args, ctx: DistContext) -> dict | None:
         if ctx.is_main:
             print(format_table(results, "MaxBoxAccV2" if args.multi_contour_eval
                                else "MaxBoxAcc"))
-            write_json(results, results_path(args.log_folder, args.split, results["evaluation"]))
+            write_json(results, results_path(args.log_folder, args.split, results["evaluation"]),
+                       "the results (printed above) to")
             tracker.log({**{f"{r['method']}/{r['branch']}/{k}": v for r in results["rows"]
                             for k, v in r.items() if isinstance(v, (int, float))},
                          **results["classification"]})
@@ -393,8 +480,29 @@ def print_choices() -> None:
         print(f"  {name:22s} {classes} classes")
 
 
+def _one_line(error: BaseException) -> str:
+    """A user error's message; one raised in a DataLoader worker arrives
+    wrapped in the worker's traceback, of which only the last line counts."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
+def _kept(folder: str | None) -> str:
+    """What an interrupted run leaves to continue from."""
+    candidates = config.resume_candidates(folder) if folder else []
+    if not candidates:
+        return "nothing was saved yet"
+    newest = max(candidates, key=os.path.getmtime)
+    return (f"the newest checkpoint is {newest}: --resume continues the training, "
+            f"--eval_only evaluates it")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    folder, timeout = None, 0.0
     try:
         if "--list" in argv:
             print_choices()
@@ -402,11 +510,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not argv or "--demo" in argv:
             run_demo([a for a in argv if a != "--demo"])
             return 0
-        run(config.get_configs(argv))
+        args = config.get_configs(argv)
+        folder, timeout = args.log_folder, args.dist_timeout
+        run(args)
         return 0
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        message = str(stop)
+        if "--resume" not in message:  # stopped outside training
+            message += f"; {_kept(folder)}"
+        print(message, file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:
+        print(f"interrupted (Ctrl-C); {_kept(folder)}", file=sys.stderr)
+        return 130
+    except RuntimeError as error:
+        text = str(error)
+        if "DataLoader worker" in text and ("killed" in text or "exited unexpectedly" in text):
+            print(f"error: {text.splitlines()[0]} (usually the out-of-memory killer): lower "
+                  f"--workers, --batch_size or --prefetch_factor", file=sys.stderr)
+            return 1
+        if is_timeout(error):
+            rank = os.environ.get("RANK", "0")
+            print(f"error: rank {rank}: another process of this torchrun job did not answer "
+                  f"within --dist_timeout ({timeout:g} s): a stopped or crashed rank? (raise "
+                  f"--dist_timeout if one step can take longer)", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

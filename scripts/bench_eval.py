@@ -178,6 +178,7 @@ def trained_samples(checkpoint: str, data_root: str, metadata_root: str, count: 
     from PIL import Image
 
     from wsol.cams import compute_cams, evaluation_maps
+    from wsol.data.images import open_rgb
     from wsol.data.metadata import get_bounding_boxes, get_class_labels, get_image_sizes
     from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
     from wsol.runtime.checkpoint import model_from_checkpoint
@@ -193,9 +194,8 @@ def trained_samples(checkpoint: str, data_root: str, metadata_root: str, count: 
     samples = []
     for side in (settings["crop_size"], 2 * settings["crop_size"]):
         images = torch.stack([
-            (torch.from_numpy(np.array(Image.open(os.path.join(data_root, "SYNTH", i))
-                                         .convert("RGB").resize((side, side),
-                                                                Image.BILINEAR)))
+            (torch.from_numpy(np.array(open_rgb(os.path.join(data_root, "SYNTH", i))
+                                       .resize((side, side), Image.BILINEAR)))
              .permute(2, 0, 1).float() / 255 - mean) / std for i in ids])
         targets = torch.tensor([labels[i] for i in ids])
         for branch in branches:

@@ -182,7 +182,9 @@ def test_a_run_that_fails_before_its_first_checkpoint_does_not_block_its_rerun(
     (leftover / "log.log").write_text("an earlier failure")
     (leftover / "config.json").write_text("{}")
     args = config.get_configs(seed_args(SEED_001_TRAIN, **values))
-    assert config.configure_log_folder(args) == (os.path.join("experiment/ILSVRC", "retry"), True)
+    folder, created, lock = config.configure_log_folder(args)
+    lock.release()
+    assert (folder, created) == (os.path.join("experiment/ILSVRC", "retry"), True)
 
 
 def run_tiny(root, name, extra):

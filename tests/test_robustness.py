@@ -45,7 +45,7 @@ def test_resume_reaches_the_same_weights_bit_for_bit(workspace):
 
 def test_resume_without_a_checkpoint_is_refused(workspace, capsys):
     code = main.main(tiny_argv(workspace, "never", "--epochs", "2", "--resume"))
-    assert code == 2 and "no last_checkpoint.pth.tar" in capsys.readouterr().err
+    assert code == 2 and "holds no checkpoint to resume from" in capsys.readouterr().err
 
 
 def _edit(path, fn):
@@ -130,12 +130,17 @@ def test_torchrun_two_processes_train_and_evaluate_like_one(workspace):
     assert ddp["num_images"] == single["num_images"]
     assert ddp["classification"] == single["classification"]
     for a, b in zip(ddp["rows"], single["rows"]):
-        for key in ("MaxBoxAccV2", "MaxBoxAcc", "GT-known Loc", "Top-1 Loc", "PxAP"):
+        for key in ("MaxBoxAccV2", "MaxBoxAcc", "GT-known Loc", "Top-1 Loc"):
             assert a[key] == b[key], key
-        # Fidelity sums are added up across ranks too (float64, summed in another order).
+        # Each rank batches other images, and a network's outputs depend on the
+        # batch in the last bits; PxAP's 1,000 float thresholds see that (README,
+        # Multi-GPU), the 256 levels of the box metrics did not here.
+        assert a["PxAP"] == pytest.approx(b["PxAP"], abs=0.01), (a["PxAP"], b["PxAP"])
+        # Fidelity sums are added up across ranks too (from the same slightly
+        # batch-dependent outputs, summed in another order).
         assert a["num_images"] == b["num_images"] == single["num_images"]
         for key in ("Average Drop", "Increase in Confidence", "Insertion AUC", "Deletion AUC"):
-            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-9), key
         assert 0 <= b["Insertion AUC"] <= 1 and 0 <= b["Deletion AUC"] <= 1
     # One epoch of training under torchrun (gloo) writes one checkpoint from rank 0.
     done = _torchrun(tiny_argv(workspace, "ddp_train", "--epochs", "1"), workspace)

@@ -11,6 +11,8 @@ import math
 import os
 from typing import Any
 
+from wsol.errors import write_failure
+
 __all__ = ["TABLE_COLUMNS", "format_table", "json_ready", "write_json", "read_json", "run_record"]
 
 TABLE_COLUMNS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP")
@@ -26,19 +28,33 @@ def format_table(results: dict, box_column: str = "MaxBoxAccV2") -> str:
         if any(extra in row for row in rows):
             columns.append(extra)
     present = [c for c in columns if c == "Top-1 Cls" or any(c in row for row in rows)]
-    header = ["method", "branch", *present]
+    warnings = [_warning(results, row) for row in rows]
+    header = ["method", "branch", *present] + (["warning"] if any(warnings) else [])
     lines = [header]
     top1 = (results.get("classification") or {}).get("Top-1 Cls")
-    for row in rows:
+    for row, warning in zip(rows, warnings):
         values = {**row, "Top-1 Cls": top1}
         branch = row["branch"] + ("" if row.get("clamp") or row["branch"] == "softmax"
                                   else " (no clamp)")
-        lines.append([row["method"], branch] + [_cell(values.get(c)) for c in present])
+        lines.append([row["method"], branch] + [_cell(values.get(c)) for c in present]
+                     + ([warning] if any(warnings) else []))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
             for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(text)
+
+
+def _warning(results: dict, row: dict) -> str:
+    """What makes a row's numbers suspect or partial, in a few words."""
+    parts = []
+    if results.get("num_nonfinite_logits"):
+        parts.append(f"NaN/inf logits on {results['num_nonfinite_logits']} images")
+    if row.get("num_nan_maps"):
+        parts.append(f"{row['num_nan_maps']} NaN maps")
+    if results.get("num_skipped_images"):
+        parts.append(f"{results['num_skipped_images']} unreadable images skipped")
+    return "; ".join(parts)
 
 
 def _cell(value: Any) -> str:
@@ -60,12 +76,25 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def write_json(payload: Any, path: str) -> None:
-    """Strict JSON (no NaN), written to a temporary file and renamed."""
+def write_json(payload: Any, path: str, what: str = "file") -> None:
+    """Strict JSON (no NaN), written to a temporary file and renamed: a
+    failed write leaves the previous file as it was, and raises one
+    WriteError naming the path (``what``: how to call the file)."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(json_ready(payload), f, indent=2, allow_nan=False)
-    os.replace(tmp, path)
+    text = json.dumps(json_ready(payload), indent=2, allow_nan=False)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        kept = "the previous file is unchanged" if os.path.exists(path) else ""
+        raise write_failure(what, path, error, len(text.encode()), kept) from None
 
 
 def read_json(path: str) -> Any:

@@ -23,9 +23,41 @@ import torch.nn.functional as F
 from wsol.data.images import bad_image
 from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["DeviceDecoder", "DecodedLoader"]
+__all__ = ["DeviceDecoder", "DecodedLoader", "exif_orientation", "upright"]
 
 _JPEG_MAGIC = (0xFF, 0xD8)
+
+
+def exif_orientation(data: torch.Tensor) -> int:
+    """The EXIF orientation tag (1-8, 1 = upright) of an encoded image, from
+    its headers only."""
+    import io
+
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+            return int(image.getexif().get(0x0112, 1))
+    except Exception:  # unreadable headers: the decoder reports the file
+        return 1
+
+
+def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """[C, H, W] turned as PIL's ImageOps.exif_transpose turns the image."""
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip(-2, -1)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:
+        return image.transpose(-2, -1)
+    if orientation == 6:
+        return torch.rot90(image, -1, dims=(-2, -1))
+    if orientation == 7:
+        return image.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:
+        return torch.rot90(image, 1, dims=(-2, -1))
+    return image
 
 
 class DeviceDecoder:
@@ -57,10 +89,14 @@ class DeviceDecoder:
                                                               device=self.device),
                                         encoded[i], image_ids[i]) for i in jpegs]
         for i, image in zip(jpegs, decoded):
-            images[i] = image
+            # nvJPEG ignores the EXIF orientation: applied here, as the PIL path does.
+            images[i] = None if image is None else upright(image, exif_orientation(encoded[i]))
         for i in set(range(len(encoded))) - set(jpegs):
-            image = self._decode_one(lambda d: decode_image(d, mode=ImageReadMode.RGB),
+            image = self._decode_one(lambda d: decode_image(d, mode=ImageReadMode.RGB,
+                                                            apply_exif_orientation=True),
                                      encoded[i], image_ids[i])
+            if image is not None and image.dtype != torch.uint8:  # 16-bit PNG
+                image = (image.float() * (255.0 / 65535.0)).round_().to(torch.uint8)
             images[i] = None if image is None else image.to(self.device, non_blocking=True)
         return images
 

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
-from wsol.data.images import bad_image, open_rgb
+from wsol.data.images import READ_ERRORS, bad_image, open_rgb
 from wsol.data.metadata import (MetadataError, check_ids_present, configure_metadata,
                                 get_class_labels, get_image_ids)
 from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
@@ -77,7 +77,7 @@ class WSOLImageLabelDataset(Dataset):
             return self._encoded(path, image_id, seed)
         try:
             image = open_rgb(path)
-        except (OSError, ValueError) as error:
+        except READ_ERRORS as error:
             return bad_image(f"cannot read image {path}: {error}", self.skip_bad_images)
         if seed is None:
             return self.transform(image), self.image_labels[image_id], image_id
@@ -112,17 +112,27 @@ class AugmentationSeeds(Sampler):
     def __init__(self, sampler: Sampler, generator: torch.Generator):
         self.sampler = sampler
         self.generator = generator
+        self.skip = 0  # samples the next pass leaves out (a resumed epoch)
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(self.sampler) - self.skip
 
     def set_epoch(self, epoch: int) -> None:  # DistributedSampler's reshuffle
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
+    def resume_after(self, samples: int) -> None:
+        """Make the next pass draw as usual but start after its first
+        ``samples`` samples (those an interrupted epoch already trained on)."""
+        self.skip = samples
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        # Everything is drawn before the first sample, so a pass resumed
+        # with resume_after() sees the same order and seeds.
         base = int(torch.randint(0, 2 ** 62, (), generator=self.generator))
-        for index in self.sampler:
+        indices = list(self.sampler)
+        skip, self.skip = self.skip, 0
+        for index in indices[skip:]:
             yield index, base + index
 
 

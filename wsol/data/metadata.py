@@ -17,6 +17,7 @@ size, for every evaluator and the overlays.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Iterator
 
@@ -56,7 +57,9 @@ def _read_rows(path: str, num_fields: tuple[int, ...]) -> Iterator[tuple[int, li
     """Yield (line number, fields) of a comma-separated metadata file."""
     if not os.path.isfile(path):
         raise MetadataError(f"metadata file not found: {path}")
-    with open(path, encoding="utf-8") as f:
+    # utf-8-sig: a byte-order mark (Windows editors write one) is not part
+    # of the first image id.
+    with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
@@ -72,22 +75,47 @@ def _read_rows(path: str, num_fields: tuple[int, ...]) -> Iterator[tuple[int, li
 
 def _to_number(path: str, line_no: int, value: str, kind: type):
     try:
-        return kind(value)
+        number = kind(value)
     except ValueError:
         raise MetadataError(
             f"{path}:{line_no}: {value!r} is not a valid {kind.__name__}") from None
+    if not math.isfinite(number):
+        raise MetadataError(f"{path}:{line_no}: {value!r} is not a finite number")
+    return number
+
+
+class _Unique:
+    """Refuses a second line for the same image id, naming both lines (a
+    duplicate would be scored twice, or silently take the last value)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.lines: dict[str, int] = {}
+
+    def check(self, image_id: str, line_no: int) -> None:
+        first = self.lines.setdefault(image_id, line_no)
+        if first != line_no:
+            raise MetadataError(f"{self.path}:{line_no}: image id {image_id!r} is listed "
+                                f"again (first on line {first}); remove the duplicate")
 
 
 def get_image_ids(metadata: dict, proxy: bool = False) -> list[str]:
     """Image ids in file order (``image_ids_proxy.txt`` when ``proxy``)."""
     path = metadata["image_ids_proxy" if proxy else "image_ids"]
-    return [fields[0] for _, fields in _read_rows(path, (1,))]
+    unique = _Unique(path)
+    ids = []
+    for line_no, (image_id,) in _read_rows(path, (1,)):
+        unique.check(image_id, line_no)
+        ids.append(image_id)
+    return ids
 
 
 def get_class_labels(metadata: dict) -> dict[str, int]:
     path = metadata["class_labels"]
+    unique = _Unique(path)
     labels = {}
     for line_no, (image_id, label) in _read_rows(path, (2,)):
+        unique.check(image_id, line_no)
         labels[image_id] = _to_number(path, line_no, label, int)
         if labels[image_id] < 0:
             raise MetadataError(f"{path}:{line_no}: negative class label {label}")
@@ -95,7 +123,8 @@ def get_class_labels(metadata: dict) -> dict[str, int]:
 
 
 def get_bounding_boxes(metadata: dict) -> dict[str, list[list[float]]]:
-    """All boxes ``[x0, y0, x1, y1]`` of each image, in file order."""
+    """All boxes ``[x0, y0, x1, y1]`` of each image (one line per box), in
+    file order."""
     path = metadata["localization"]
     boxes: dict[str, list[list[float]]] = {}
     for line_no, (image_id, *coords) in _read_rows(path, (5,)):
@@ -110,10 +139,14 @@ def get_bounding_boxes(metadata: dict) -> dict[str, list[list[float]]]:
 def get_image_sizes(metadata: dict) -> dict[str, tuple[int, int]]:
     """``(width, height)`` of each original image."""
     path = metadata["image_sizes"]
+    unique = _Unique(path)
     sizes = {}
     for line_no, (image_id, w, h) in _read_rows(path, (3,)):
+        unique.check(image_id, line_no)
         sizes[image_id] = (_to_number(path, line_no, w, int),
                            _to_number(path, line_no, h, int))
+        if min(sizes[image_id]) <= 0:
+            raise MetadataError(f"{path}:{line_no}: image size {w}x{h} is not positive")
     return sizes
 
 

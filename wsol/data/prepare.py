@@ -130,10 +130,14 @@ def is_image_file(name: str) -> bool:
 
 
 def read_image_size(path: str, where: str) -> tuple[int, int]:
-    """``(width, height)`` from the image header only (PIL opens lazily)."""
+    """``(width, height)`` of the upright image (EXIF orientation applied, as
+    the loaders read it), from the headers only (PIL opens lazily)."""
     try:
         with Image.open(path) as image:
-            return image.size
+            width, height = image.size
+            # Orientations 5-8 turn the image by 90 degrees.
+            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+            return (height, width) if turned else (width, height)
     except FileNotFoundError:
         raise PrepareError(f"{where}: image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from typing import Any
 
@@ -23,11 +24,11 @@ import torch
 import torch.nn as nn
 
 from wsol.architectures import ArchitectureSpec
-from wsol.errors import UserError
+from wsol.errors import UserError, write_failure
 from wsol.method import SIGMOID_BRANCH
 from wsol.model import CAMModel
 
-__all__ = ["CheckpointError", "load_checkpoint_file", "save_checkpoint",
+__all__ = ["CheckpointError", "load_checkpoint_file", "save_checkpoint", "check_finite",
            "load_into_cam_model", "load_pretrained", "find_pretrained", "export_state_dict",
            "link_checkpoint", "MODEL_SETTINGS", "recorded_settings", "check_settings",
            "resolve_settings", "model_from_checkpoint"]
@@ -37,22 +38,64 @@ class CheckpointError(UserError):
     """A checkpoint is missing, unsafe, or does not fit the model."""
 
 
+_ZIP = b"PK\x03\x04"
+_NUMPY = b"\x93NUMPY"
+_GZIP = b"\x1f\x8b"
+
+
+def _what_it_is(path: str, head: bytes) -> str | None:
+    """What a file that is not a readable checkpoint looks like, as a phrase;
+    None when it has a checkpoint's format (zip archive or pickle)."""
+    if not head:
+        return "is empty (0 bytes): an interrupted copy or save?"
+    if head.startswith(_ZIP) or head[:1] == b"\x80":
+        return None
+    if head.startswith(_NUMPY):
+        return "is a NumPy .npy file, not a checkpoint"
+    if head.startswith(_GZIP):
+        return "is gzip-compressed: decompress it first"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
+        return f"is a text file, not a checkpoint (it starts {text.splitlines()[0][:40]!r})"
+    return f"is not a PyTorch checkpoint (unknown content, first bytes {head[:4].hex(' ')})"
+
+
 def load_checkpoint_file(path: str) -> dict[str, Any]:
-    """Read a checkpoint safely; returns a dict with at least ``state_dict``."""
+    """Read a checkpoint safely; returns a dict with at least ``state_dict``.
+    Anything else gets one sentence saying what the file is instead (empty,
+    text, truncated, needing unsafe unpickling, ...)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
         return {"state_dict": load_file(path)}
+    with open(path, "rb") as f:
+        head = f.read(512)
+    problem = _what_it_is(path, head)
+    if problem:
+        raise CheckpointError(f"{path} {problem}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        unsafe = re.search(r"GLOBAL (\S+) was not an allowed global", str(error))
+        if unsafe:
+            raise CheckpointError(
+                f"refusing to load {path}: it stores a Python object ({unsafe.group(1)}) "
+                f"that needs unsafe unpickling, which could run code; re-save its weights "
+                f"with torch.save(model.state_dict(), ...)") from None
         raise CheckpointError(
-            f"refusing to load {path}: it needs arbitrary unpickling, which could "
-            f"run code ({str(error).splitlines()[0]}). Re-save it as a plain "
-            f"state_dict with torch.save(model.state_dict(), ...).") from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from None
+            f"refusing to load {path}: it is a plain pickle, not torch.save's format, that "
+            f"only unsafe unpickling could read ({_last_words(error)}), which could run code; "
+            f"re-save its weights with torch.save(model.state_dict(), ...)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as error:
+        if head.startswith(_ZIP):
+            raise CheckpointError(f"{path} is truncated or damaged (its zip archive is "
+                                  f"incomplete: {_last_words(error)}); copy it again or use "
+                                  f"an earlier checkpoint") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_last_words(error)}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -60,8 +103,29 @@ def load_checkpoint_file(path: str) -> dict[str, Any]:
     raise CheckpointError(f"{path} holds neither a state_dict nor {{'state_dict': ...}}")
 
 
+def _last_words(error: BaseException) -> str:
+    """The gist of an exception's message, without torch's advice."""
+    text = str(error).strip() or type(error).__name__
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if detail:
+        return detail.group(1)[:160]
+    return text.splitlines()[0].split(". ")[0][:160]
+
+
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
 def save_checkpoint(payload: dict[str, Any], path: str) -> None:
-    """Atomic save: temporary file in the same folder, then rename."""
+    """Atomic save: temporary file in the same folder, then rename.  A
+    failed write (a full disk) leaves no partial file and raises one
+    WriteError naming the path and the space needed."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
@@ -71,9 +135,14 @@ def save_checkpoint(payload: dict[str, Any], path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(error, (OSError, RuntimeError)):
+            kept = ("the previous one is unchanged" if os.path.exists(path)
+                    else "the checkpoints before it are kept")
+            raise write_failure("checkpoint", path, error, _tensor_bytes(payload),
+                                kept) from None
         raise
 
 
@@ -132,6 +201,18 @@ def _load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], path: s
     module.load_state_dict(state_dict, strict=False)
 
 
+def check_finite(state_dict: dict[str, torch.Tensor], where: str) -> None:
+    """A CheckpointError naming the first tensor holding NaN or inf (a
+    diverged run's weights would fine-tune on or score as plausible numbers)."""
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise CheckpointError(
+                    f"{where}: tensor {name} holds {bad} NaN/inf value(s) of "
+                    f"{tensor.numel()} (a diverged run?); use an earlier checkpoint")
+
+
 def load_into_cam_model(model: CAMModel, path: str,
                         checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load a vanilla or dual-branch checkpoint (ours or the public code's,
@@ -140,6 +221,7 @@ def load_into_cam_model(model: CAMModel, path: str,
     (``checkpoint``: the file's contents, when already read)."""
     if checkpoint is None:
         checkpoint = load_checkpoint_file(path)
+    check_finite(checkpoint["state_dict"], path)
     state = _strip(checkpoint["state_dict"], "module.")
     state = {k[len("model."):] if k.startswith("model.") else k: v for k, v in state.items()}
     branch_names = {SIGMOID_BRANCH, model.sigmoid_branch_name}
@@ -217,7 +299,9 @@ def load_pretrained(model: CAMModel, spec: ArchitectureSpec, path: str) -> None:
     (classifier of VGG16-CAM, auxiliary logits) are dropped by the
     architecture's key map; any other mismatch is an error.
     """
-    state = _strip(load_checkpoint_file(path)["state_dict"], "module.")
+    state = load_checkpoint_file(path)["state_dict"]
+    check_finite(state, path)
+    state = _strip(state, "module.")
     if spec.pretrained_keys is not None:
         state = spec.pretrained_keys(state, model.model)
     own = model.model.state_dict()

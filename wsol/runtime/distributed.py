@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["DistContext", "init_distributed", "ShardSampler", "all_reduce_sum", "reduce_state"]
+__all__ = ["DistContext", "init_distributed", "is_timeout", "ShardSampler", "all_reduce_sum",
+           "reduce_state"]
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,12 @@ class DistContext:
         return self.rank == 0
 
 
-def init_distributed() -> DistContext:
-    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs)."""
+def init_distributed(timeout_s: float = 300.0) -> DistContext:
+    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs).
+    ``timeout_s``: how long a collective waits for the other processes
+    before failing (gloo raises, NCCL's watchdog ends the process): a stopped
+    or crashed rank ends the job instead of hanging it (gloo's default is 30
+    minutes)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
@@ -41,8 +47,15 @@ def init_distributed() -> DistContext:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     return DistContext(rank, world, local_rank)
+
+
+def is_timeout(error: BaseException) -> bool:
+    """Whether an exception is a collective that gave up waiting."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("Timed out" in text or "timed out" in text
+                                                or "Timeout" in text)
 
 
 class ShardSampler(Sampler[int]):

@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
 
 from wsol.architectures import LRRule
+from wsol.errors import UserError
 from wsol.method import SIGMOID_BRANCH, training_loss
 from wsol.model import CAMModel
 from wsol.runtime.acceleration import Acceleration, autocast, to_device
 from wsol.runtime.progress import progress
 
 __all__ = ["OptimConfig", "ParamGroup", "parameter_groups", "build_optimizer",
-           "build_scheduler", "decayed_lr", "lr_schedule", "train_one_epoch"]
+           "build_scheduler", "decayed_lr", "lr_schedule", "train_one_epoch", "EpochProgress",
+           "TrainingDiverged"]
 
 log = logging.getLogger(__name__)
 
@@ -141,25 +144,62 @@ def lr_schedule(model: CAMModel, cfg: OptimConfig, rule: LRRule | None,
             "frozen": _prefixes(frozen, all_names)}
 
 
+@dataclass
+class EpochProgress:
+    """How far an epoch got: batches trained and the running sums of its
+    statistics, enough to continue an interrupted epoch bit for bit."""
+    batches: int = 0
+    loss_sum: float = 0.0      # sum over images of the loss (float64)
+    correct: int = 0
+    seen: int = 0
+
+    def as_dict(self) -> dict:
+        return {"batches": self.batches, "loss_sum": self.loss_sum, "correct": self.correct,
+                "seen": self.seen}
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
 def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, show_progress: bool = True,
                     forward: torch.nn.Module | None = None,
-                    accel: Acceleration = Acceleration()) -> dict[str, float]:
-    """One pass over ``loader`` with :func:`wsol.method.training_loss`.  Loss and
-    accuracy are summed on the device and read once at the end, so no step
-    waits for the GPU.  ``forward`` is the module to call (the
-    DistributedDataParallel wrapper under torchrun, or the model), ``model``
-    the CAMModel it wraps; ``accel`` its autocast and memory format (the model
-    must already be prepared with :func:`wsol.runtime.acceleration.prepare_model`).
-    The losses are computed in float32 under ``--amp``."""
+                    accel: Acceleration = Acceleration(),
+                    start: EpochProgress | None = None,
+                    stop: Callable[[], bool] | None = None
+                    ) -> tuple[dict[str, float] | None, EpochProgress]:
+    """One pass over ``loader`` with :func:`wsol.method.training_loss`.
+
+    Loss, accuracy and a non-finite-loss flag are kept on the device and read
+    once at the end, so no step waits for the GPU.  ``forward`` is the module
+    to call (the DistributedDataParallel wrapper under torchrun, or the
+    model), ``model`` the CAMModel it wraps; ``accel`` its autocast and memory
+    format (the model must already be prepared with
+    :func:`wsol.runtime.acceleration.prepare_model`).  The losses are computed
+    in float32 under ``--amp``.
+
+    ``start``: the progress of an interrupted pass being continued (the
+    loader then starts after those batches, see
+    :meth:`wsol.data.loaders.AugmentationSeeds.resume_after`).  ``stop``:
+    asked after every step; True ends the pass early.  Returns the epoch's
+    statistics (None when stopped early) and its progress.  A NaN or infinite
+    loss raises :class:`TrainingDiverged` naming the batch and the
+    non-finite weights.
+    """
     forward = forward or model
     model.train()
     dual = model.is_dual
     joint = dual and not model._only_branch_trains
-    total_loss = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    start = start or EpochProgress()
+    total_loss = torch.full((), start.loss_sum, device=device, dtype=torch.float64)
+    correct = torch.full((), start.correct, device=device, dtype=torch.long)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)  # batch of a NaN/inf loss
+    seen = start.seen
+    batch = start.batches
+    stopped = False
     for images, labels, _ in progress(loader, f"epoch {epoch}", show_progress):
+        batch += 1
         if labels.numel() == 0:  # every image of the batch was unreadable and skipped
             continue
         images = to_device(images, device, accel)
@@ -171,12 +211,30 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.detach().double() * labels.shape[0]
+        loss = loss.detach()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss),
+                                torch.full_like(first_bad, batch), first_bad)
+        total_loss += loss.double() * labels.shape[0]
         correct += (scores.detach().argmax(1) == labels).sum()
         seen += labels.shape[0]
+        if stop is not None and stop():
+            stopped = True
+            break
+    bad_batch = int(first_bad)
+    if bad_batch >= 0:
+        broken = [model.public_name(n) for n, p in model.named_parameters()
+                  if not bool(torch.isfinite(p.detach()).all())]
+        raise TrainingDiverged(
+            f"epoch {epoch}, batch {bad_batch}: the training loss is NaN or infinite"
+            + (f" and these weights are no longer finite: {', '.join(broken[:3])}"
+               + (f" (+{len(broken) - 3} more)" if len(broken) > 3 else "") if broken else "")
+            + "; the run stops without saving this epoch (lower --lr, or check the data)")
+    done = EpochProgress(batch, float(total_loss), int(correct), seen)
+    if stopped:
+        return None, done
     if seen == 0:
         raise ValueError("the training loader yielded no images")
-    stats = {"loss": (total_loss / seen).item(), "train_top1": 100.0 * correct.item() / seen}
+    stats = {"loss": done.loss_sum / seen, "train_top1": 100.0 * done.correct / seen}
     log.info("epoch %d: loss %.4f, train top-1 %.2f%% (%s branch)", epoch, stats["loss"],
              stats["train_top1"], "sigmoid" if dual else "softmax")
-    return stats
+    return stats, done
