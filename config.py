@@ -26,10 +26,16 @@ from wsol.replay import REPLAYS, RunChoices, resolve_choices
 from wsol.runtime.lock import FolderLock
 from wsol.results import run_record, write_json
 
-__all__ = ["DATASET_NUM_CLASSES", "get_configs", "build_parser", "configure_log_folder",
+__all__ = ["DATASET_NUM_CLASSES", "SEGMENTATION_DATASETS", "get_configs", "build_parser", "configure_log_folder",
            "ConfigError", "str2bool", "explicit_flags", "checkpoint_path", "cam_methods"]
 
-DATASET_NUM_CLASSES = {"CUB": 200, "ILSVRC": 1000, "OpenImages": 100, "CARS": 196, "SYNTH": 10}
+DATASET_NUM_CLASSES = {"CUB": 200, "ILSVRC": 1000, "OpenImages": 100, "CARS": 196, "SYNTH": 10,
+                       "VOC2012": 20, "SYNTH_ML": 8}
+# Several classes per image (class_labels.txt lists each), scored by seed mIoU
+# against class-index masks (segmentation.txt; wsol.metrics.segmentation).
+SEGMENTATION_DATASETS = ("VOC2012", "SYNTH_ML")
+# The split each dataset trains on (VOC: SBD's train_aug; seeds are scored on train).
+TRAIN_SPLITS = {"VOC2012": "train_aug"}
 # Datasets scored with boxes, with masks (PxAP), or both.
 BOX_DATASETS = ("CUB", "ILSVRC", "CARS", "SYNTH")
 MASK_DATASETS = ("OpenImages", "SYNTH")
@@ -103,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask_root", default=None,
                    help="masks of dataset D are under <mask_root>/D (default: --data_root)")
     g.add_argument("--num_classes", type=int, default=None,
-                   help="default: 200 CUB, 1000 ILSVRC, 100 OpenImages, 196 CARS, 10 SYNTH")
+                   help="default: 200 CUB, 1000 ILSVRC, 100 OpenImages, 196 CARS, 10 SYNTH, "
+                        "20 VOC2012, 8 SYNTH_ML")
+    g.add_argument("--train_split", default=None,
+                   help="the split to train on (default: train_aug for VOC2012, else train)")
     g.add_argument("--proxy_training_set", type=flag, nargs="?", const=True, default=False,
                    help="train on image_ids_proxy.txt (wsolevaluation's proxy train set)")
     g.add_argument("--skip_bad_images", action="store_true",
@@ -210,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval_checkpoint_type", default="last",
                    help="checkpoint file prefix in the experiment folder: last, or an epoch "
                         "number (3 or epoch3)")
-    g.add_argument("--split", default="test", choices=("val", "test"),
+    g.add_argument("--split", default="test", choices=("train", "val", "test"),
                    help="split scored after training / with --eval_only")
     g.add_argument("--method", "--methods", dest="method", default="cam,gradcam",
                    help="CAM method(s), comma-separated, or 'all': " + ", ".join(CAM_METHODS))
@@ -268,6 +277,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smoothgradcam++: noisy copies of each image")
     g.add_argument("--smooth_sigma", type=float, default=0.15,
                    help="smoothgradcam++: noise std relative to each image's value range")
+    g = p.add_argument_group(
+        "ReCAM and segmentation seeds",
+        "class re-activation (Chen et al., CVPR 2022; docs/method.md) and the seed mIoU of "
+        "VOC2012 / SYNTH_ML")
+    g.add_argument("--recam", action="store_true",
+                   help="add ReCAM's re-activation head fc_re and its SCE term; maps of the "
+                        "recam branch become available (--cam_branch ...,recam)")
+    g.add_argument("--recam_weight", type=float, default=1.0,
+                   help="lambda: loss = head loss + lambda x SCE (ReCAM: 1.0 VOC, 0.1 COCO)")
+    g.add_argument("--recam_trains", default="heads", choices=("heads", "all"),
+                   help="heads: only the BCE head (the sigmoid branch of a b2 model) and "
+                        "fc_re train, classification unchanged; all: backbone and BCE head "
+                        "at 0.1 x --lr, fc_re at --lr, BatchNorm statistics frozen (ReCAM)")
+    g.add_argument("--recam_map", default="product",
+                   choices=("product", "mask_head", "reactivation"),
+                   help="recam branch weights: W2 * W1 (ReCAM's VOC maps), W1 after "
+                        "re-activation (its COCO maps), or W2")
+    g.add_argument("--recam_clamp", default="none", choices=("none", "factors", "product"),
+                   help="recam branch: no clamp (ReCAM), both factors clamped at zero, or the "
+                        "product's channel weights clamped (as the sigmoid branch's)")
+    g.add_argument("--head_bias", type=flag, nargs="?", const=True, default=True,
+                   help="FALSE: a bias-free head (ReCAM's 1x1 classifier)")
+    g.add_argument("--freeze", default="",
+                   help="comma-separated parameter prefixes that never train (ReCAM: conv1,bn1)")
+    g.add_argument("--frozen_bn", action="store_true",
+                   help="BatchNorm running statistics stay as loaded while training (ReCAM)")
+    g.add_argument("--lr_groups", default="published", choices=("published", "head"),
+                   help="which parameters train at lr x --lr_classifier_ratio: the published "
+                        "rule of the network (e.g. ResNet's layer4 and fc), or the head alone "
+                        "(ReCAM's 'newly added' group)")
+    g.add_argument("--nesterov", type=flag, nargs="?", const=True, default=True,
+                   help="Nesterov momentum (the method's recipe; ReCAM's SGD has none)")
+    g.add_argument("--lr_schedule", default="step", choices=("step", "poly"),
+                   help="step: x0.1 every --lr_decay_frequency epochs; poly: ReCAM's "
+                        "(1 - step / steps) ** --poly_power, per step")
+    g.add_argument("--poly_power", type=float, default=0.9,
+                   help="the poly schedule's exponent (ReCAM: 0.9)")
+    g.add_argument("--train_augment", default="wsol", choices=("wsol", "recam"),
+                   help="wsol: resize, random crop, flip; recam: long side random in "
+                        "--resize_long, flip, random --crop_size crop padded with zeros")
+    g.add_argument("--resize_long", type=int, nargs=2, default=[320, 640], metavar=("LOW", "HIGH"),
+                   help="--train_augment recam: the range of the random long side")
+    g.add_argument("--tta_scales", default="",
+                   help="seed maps: comma-separated scales, each with a flipped copy (ReCAM: "
+                        "1.0,0.5,1.5,2.0); default: the image as it is")
+    g.add_argument("--seed_threshold", type=float, default=0.21,
+                   help="seed mIoU: the background score (ReCAM: 0.21 VOC, 0.15 COCO); a sweep "
+                        "in steps of 0.01 is reported beside it")
+
     g = p.add_argument_group(
         "compatibility", "flags of the method's public code that this toolkit accepts as they "
                          "are (also --log_root for --root, --epoch for --epochs, --methods for "
@@ -340,11 +398,30 @@ def finalize(args: argparse.Namespace, given: set[str] | None = None) -> argpars
     else:
         args.cam_branches = [b.strip() for b in args.cam_branch.split(",") if b.strip()]
         for b in args.cam_branches:
-            if b not in ("softmax", "sigmoid"):
-                raise ConfigError(f"--cam_branch {b!r}: use softmax, sigmoid or softmax,sigmoid")
+            if b not in ("softmax", "sigmoid", "recam"):
+                raise ConfigError(f"--cam_branch {b!r}: use softmax, sigmoid or recam, or "
+                                  f"several comma-separated (softmax,sigmoid,recam)")
         if "sigmoid" in args.cam_branches and args.model_structure != "b2":
             raise ConfigError("--cam_branch sigmoid needs a dual-branch model: "
                               "add --model_structure b2")
+        if "recam" in args.cam_branches and not args.recam:
+            raise ConfigError("--cam_branch recam needs the re-activation head: add --recam "
+                              "(training) or evaluate a checkpoint trained with it")
+    args.segmentation = args.dataset_name in SEGMENTATION_DATASETS
+    args.train_split = args.train_split or TRAIN_SPLITS.get(args.dataset_name, "train")
+    if args.split == "train" and not args.segmentation:
+        raise ConfigError("--split train is for the seed evaluation of VOC2012 / SYNTH_ML; "
+                          "WSOL datasets are scored on val or test")
+    args.freeze_prefixes = tuple(s.strip() for s in args.freeze.split(",") if s.strip())
+    try:
+        args.tta = tuple(float(v) for v in args.tta_scales.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--tta_scales {args.tta_scales!r}: comma-separated numbers, "
+                          f"e.g. 1.0,0.5,1.5,2.0") from None
+    if any(v <= 0 for v in args.tta):
+        raise ConfigError(f"--tta_scales {args.tta_scales!r}: scales must be > 0")
+    if args.recam_weight < 0:
+        raise ConfigError(f"--recam_weight must be >= 0, got {args.recam_weight}")
     args.unfreeze_layers = tuple(s.strip() for s in args.unfreeze_layer.split(",") if s.strip())
     if args.global_batch_size is not None:
         world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun sets it before we start
@@ -383,7 +460,7 @@ _RECORDED_FLAGS = {"architecture": "architecture", "num_classes": "num_classes",
                    "model_structure": "model_structure",
                    "large_feature_map": "large_feature_map", "crop_size": "crop_size",
                    "resize_size": "resize_size", "cam_layer": "cam_layer", "head": "head",
-                   "replay": "replay"}
+                   "replay": "replay", "recam": "recam", "head_bias": "head_bias"}
 
 
 def _adopt_recorded_settings(args: argparse.Namespace, given: set[str]) -> None:

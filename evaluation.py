@@ -9,6 +9,12 @@ iou_threshold_list, mask_root, multi_contour_eval``; ``accumulate(scoremap,
 image_id)`` and ``compute()``).  Given the same maps, MaxBoxAcc, MaxBoxAccV2
 and PxAP are wsolevaluation's, bit for bit.
 
+Seed mIoU (:class:`SegmentationEvaluator`, ReCAM's protocol) scores the
+seed maps of VOC2012 / SYNTH_ML (``.npz`` per image: the ground-truth
+classes' maps and their indices)::
+
+    python evaluation.py --dataset_name VOC2012 --scoremap_root DIR --split train
+
 As a command, it scores maps saved as ``.npy`` files and prints the table
 ``main.py`` prints, with ``main.py``'s defaults.  ``main.py --save_scoremaps``
 writes them to ``<root>/<experiment>/scoremaps/<split>/<method>_<branch>/``
@@ -28,11 +34,13 @@ from typing import Sequence
 
 import numpy as np
 
-from config import str2bool
+from config import DATASET_NUM_CLASSES, SEGMENTATION_DATASETS, str2bool
 from wsol.data.metadata import (GroundTruth, MetadataError, configure_metadata,
                                 get_class_labels, get_image_ids)
 from wsol.errors import UserError
-from wsol.metrics import BoxEvaluator, LocalizationEvaluator, MaskEvaluator
+from wsol.metrics import (BoxEvaluator, LocalizationEvaluator, MaskEvaluator,
+                          SegmentationEvaluator)
+from wsol.metrics.segmentation import segmentation_evaluator
 from wsol.protocol import (calculate_multiple_iou, check_box_convention,
                            check_scoremap_validity, compute_bboxes_from_scoremaps, get_mask,
                            load_mask_image, make_threshold_list, normalize_maps,
@@ -43,7 +51,8 @@ __all__ = ["make_threshold_list", "check_scoremap_validity", "check_box_conventi
            "calculate_multiple_iou", "resize_bbox", "compute_bboxes_from_scoremaps",
            "normalize_scoremap", "normalize_maps", "load_mask_image", "get_mask",
            "LocalizationEvaluator", "BoxEvaluator", "MaskEvaluator", "ReferenceBoxEvaluator",
-           "configure_metadata", "evaluate_wsol", "evaluate_scoremaps", "main"]
+           "SegmentationEvaluator", "configure_metadata", "evaluate_wsol", "evaluate_scoremaps",
+           "evaluate_seeds", "main"]
 
 
 
@@ -158,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metadata of dataset D is under <metadata_root>/D/<split>")
     p.add_argument("--mask_root", default="dataset/",
                    help="masks of dataset D are under <mask_root>/D")
-    p.add_argument("--dataset_name", required=True, help="CUB, ILSVRC, OpenImages, SYNTH, ...")
-    p.add_argument("--split", default="test", choices=("val", "test"))
+    p.add_argument("--dataset_name", required=True, help="CUB, ILSVRC, OpenImages, CARS, SYNTH, VOC2012, SYNTH_ML")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"),
+                   help="train: VOC2012's seed evaluation images")
     p.add_argument("--cam_curve_interval", type=float, default=0.001,
                    help="threshold step (wsolevaluation's main.py default; its evaluation.py "
                         "command used 0.01)")
@@ -176,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=("auto", "box", "mask", "both"), default="auto")
     p.add_argument("--box_threads", type=int, default=0,
                    help="threads scoring the box metrics (0: one per core)")
+    p.add_argument("--seed_threshold", type=float, default=0.21,
+                   help="VOC2012 / SYNTH_ML seed mIoU: the background score (a sweep in steps "
+                        "of 0.01 is reported beside it)")
     p.add_argument("--output_json", default=None,
                    help="write the results (rows as in results_<split>.json) here")
     return p
@@ -193,6 +206,24 @@ def _pair_folders(root: str) -> dict[tuple[str, str], str]:
     return pairs or {("maps", "-"): root}
 
 
+def evaluate_seeds(folder: str, metadata_root: str, mask_root: str, dataset_name: str,
+                   split: str, num_classes: int, threshold: float = 0.21) -> dict:
+    """Seed mIoU of the maps of one folder: ``<image_id>.npz`` files holding
+    ``maps`` (the image's ground-truth classes' maps [K, H, W], normalised per
+    class, at the mask's size) and ``keys`` (their class indices, 0-based),
+    as ``main.py --save_scoremaps`` writes them for VOC2012 / SYNTH_ML."""
+    evaluator = segmentation_evaluator(metadata_root, mask_root, dataset_name, split,
+                                       num_classes, threshold)
+    for image_id in evaluator.image_ids:
+        path = os.path.join(folder, image_id + ".npz")
+        if not os.path.isfile(path):
+            raise MetadataError(f"missing seed maps for image {image_id!r}: {path} (was it "
+                                f"saved with --save_scoremaps for this split?)")
+        with np.load(path, allow_pickle=False) as saved:
+            evaluator.accumulate(saved["maps"], saved["keys"], image_id)
+    return evaluator.summary()
+
+
 def run(args: argparse.Namespace) -> dict:
     if args.box_threads < 0:
         raise UserError(f"--box_threads must be >= 0 (0: one per core), got {args.box_threads}")
@@ -201,6 +232,16 @@ def run(args: argparse.Namespace) -> dict:
     if not os.path.isdir(root):
         raise MetadataError(f"no saved maps in {root}: pass --scoremap_root, or run main.py "
                             f"--save_scoremaps for that experiment and split")
+    if args.dataset_name in SEGMENTATION_DATASETS:
+        rows = []
+        for (method, branch), folder in _pair_folders(root).items():
+            row = {"method": method, "branch": branch, "clamp": branch == "sigmoid"}
+            row.update(evaluate_seeds(folder, args.metadata_root, args.mask_root,
+                                      args.dataset_name, args.split,
+                                      DATASET_NUM_CLASSES[args.dataset_name],
+                                      args.seed_threshold))
+            rows.append(row)
+        return {"classification": {"Top-1 Cls": None}, "rows": rows, "scoremap_root": root}
     record = read_json(os.path.join(root, SCOREMAP_RECORD)) \
         if os.path.isfile(os.path.join(root, SCOREMAP_RECORD)) else {}
     metadata = configure_metadata(os.path.join(args.metadata_root, args.dataset_name,
@@ -236,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_table(results, "MaxBoxAccV2" if args.multi_contour_eval else "MaxBoxAcc"))
-    if results["classification"]["Top-1 Cls"] is None:
+    if results["classification"]["Top-1 Cls"] is None and \
+            args.dataset_name not in SEGMENTATION_DATASETS:
         print(f"(Top-1 Cls and Top-1 Loc need the classifier's predictions, which main.py "
               f"--save_scoremaps writes to {SCOREMAP_RECORD} beside the maps; this folder has "
               f"none)")

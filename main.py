@@ -20,6 +20,7 @@ import config
 from config import ConfigError, checkpoint_path
 from data_loaders import (GroundTruth, LoaderSettings, MetadataError, configure_metadata,
                           get_class_labels, get_data_loader)
+from wsol.data.metadata import get_multi_labels, get_segmentation_paths
 from wsol.architectures import ArchitectureSpec, build_cam_model, get_spec
 from wsol.errors import UserError
 from wsol.model import CAMModel
@@ -34,7 +35,7 @@ from wsol.runtime.distributed import DistContext, ShardSampler, init_distributed
 from wsol.runtime.seeding import resolve_device, rng_state, seed_everything, set_rng_state
 from wsol.runtime.tracking import Tracker
 from wsol.runtime.training import (EpochProgress, OptimConfig, build_optimizer,
-                                   build_scheduler, lr_schedule, train_one_epoch)
+                                   build_scheduler, lr_schedule, recam_groups, train_one_epoch)
 
 log = logging.getLogger("main")
 
@@ -43,10 +44,18 @@ def build_model(args) -> tuple[CAMModel, ArchitectureSpec]:
     --pretrained), with the sigmoid branch added for b2."""
     model, spec = build_cam_model(args.network, args.num_classes, args.large_feature_map,
                                   args.crop_size, args.cam_layer, args.head)
+    if not args.head_bias:
+        model.drop_head_bias()
     training = not args.eval_only
     if training and args.ft_ckpt:
-        load_into_cam_model(model, args.ft_ckpt)
-        log.info("vanilla weights loaded from %s", args.ft_ckpt)
+        checkpoint = load_checkpoint_file(args.ft_ckpt)
+        has_branch = any(k.split(".", 1)[0] in ("fc2", model.sigmoid_branch_name)
+                         for k in checkpoint["state_dict"])
+        if has_branch and args.model_structure == "b2":  # continue a fine-tuned branch
+            model.add_sigmoid_branch(args.sigmoid_init)
+        load_into_cam_model(model, args.ft_ckpt, checkpoint)
+        log.info("%s weights loaded from %s", "dual-branch" if model.is_dual else "vanilla",
+                 args.ft_ckpt)
     elif training and args.pretrained:
         path = find_pretrained(spec, args.pretrained_path)
         load_pretrained(model, spec, path)
@@ -56,8 +65,26 @@ def build_model(args) -> tuple[CAMModel, ArchitectureSpec]:
             raise ConfigError("--model_structure b2 fine-tunes the sigmoid branch of a trained "
                               "vanilla model: pass its checkpoint with --ft_ckpt (or "
                               "--pretrained to start from ImageNet weights)")
-        model.add_sigmoid_branch(args.sigmoid_init)
+        if not model.is_dual:
+            model.add_sigmoid_branch(args.sigmoid_init)
         model.freeze_backbone(args.unfreeze_layers, args.frozen_mode)
+    if args.recam:
+        try:
+            model.add_reactivation_head(args.seed, args.recam_map, args.recam_clamp)
+        except ValueError as error:  # a head without class weights
+            raise ConfigError(f"--recam: {error}") from None
+        if args.recam_trains == "heads":  # the BCE head and fc_re; classification unchanged
+            bce_head = "fc2" if model.is_dual else model.head_name
+            model.freeze_backbone((bce_head, "fc_re"), args.frozen_mode)
+        else:
+            model.freeze_backbone(("all",))
+            model.frozen_bn = True  # ReCAM's FixedBatchNorm
+    if args.freeze_prefixes:
+        try:
+            model.freeze(args.freeze_prefixes)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    model.frozen_bn = model.frozen_bn or args.frozen_bn
     return model, spec
 
 
@@ -80,10 +107,15 @@ def acceleration(args, device: torch.device) -> Acceleration:
 
 def loader_settings(args, train: bool, device: torch.device) -> LoaderSettings:
     spec = get_spec(args.network, args.crop_size)
-    return LoaderSettings(args.batch_size, args.workers, args.resize_size, args.crop_size,
-                          args.proxy_training_set and train, args.num_val_sample_per_class,
-                          args.skip_bad_images, args.prefetch_factor,
-                          device if args.decode_on_device else None, spec.mean, spec.std)
+    seeds = args.segmentation and not train  # seed maps at the images' own size
+    return LoaderSettings(1 if seeds else args.batch_size, args.workers, args.resize_size,
+                          args.crop_size, args.proxy_training_set and train,
+                          args.num_val_sample_per_class, args.skip_bad_images,
+                          args.prefetch_factor,
+                          device if args.decode_on_device and not seeds else None,
+                          spec.mean, spec.std, multi_label=args.segmentation,
+                          augment=args.train_augment, resize_long=tuple(args.resize_long),
+                          keep_size=seeds)
 
 
 def train(args, model: CAMModel, spec: ArchitectureSpec, device: torch.device,
@@ -98,16 +130,22 @@ def train(args, model: CAMModel, spec: ArchitectureSpec, device: torch.device,
             dataset, ctx.world_size, ctx.rank, shuffle=True, seed=args.seed)
         forward = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_split = args.train_split
     loaders = get_data_loader(
-        {"train": args.image_root}, args.split_metadata_root,
+        {train_split: args.image_root}, args.split_metadata_root,
         loader_settings(args, True, device),
-        splits=("train",), num_classes=args.num_classes, generator=generator,
-        sampler_factory=sampler_factory)
+        splits=(train_split,), num_classes=args.num_classes, generator=generator,
+        sampler_factory=sampler_factory, train_split=train_split)
+    loaders["train"] = loaders.pop(train_split)
     cfg = OptimConfig(args.lr, args.momentum, args.weight_decay, args.lr_classifier_ratio,
-                      args.lr_decay_frequency)
-    optimizer = build_optimizer(model, cfg, spec.lr_rule)
-    scheduler = build_scheduler(optimizer, cfg)
-    schedule = lr_schedule(model, cfg, spec.lr_rule, args.epochs)
+                      args.lr_decay_frequency, args.nesterov, args.lr_schedule, args.poly_power)
+    groups = (recam_groups(model, cfg) if args.recam and args.recam_trains == "all"
+              else None)
+    rule = spec.lr_rule if args.lr_groups == "published" else None  # None: the head alone
+    optimizer = build_optimizer(model, cfg, rule, groups)
+    steps_per_epoch = len(loaders["train"])
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch * args.epochs)
+    schedule = lr_schedule(model, cfg, rule, args.epochs, groups, steps_per_epoch)
     if ctx.is_main:
         write_json(schedule, os.path.join(args.log_folder, "lr_schedule.json"))
         for group in schedule["groups"] if args.epochs else ():
@@ -135,12 +173,15 @@ def train(args, model: CAMModel, spec: ArchitectureSpec, device: torch.device,
             stats, done = train_one_epoch(
                 model, loaders["train"], optimizer, device, epoch,
                 show_progress=sys.stderr.isatty() and ctx.is_main, forward=forward,
-                accel=accel, start=position, stop=lambda: _agreed(signals.received, ctx, device))
+                accel=accel, start=position, stop=lambda: _agreed(signals.received, ctx, device),
+                recam_weight=args.recam_weight if args.recam else None,
+                step_scheduler=scheduler.step if scheduler.per_step else None)
             position = None
             if stats is None:
                 raise _preempted(args, model, epoch, done, batches_per_epoch, epoch_start,
                                  optimizer, scheduler, generator, signals, ctx)
-            scheduler.step()
+            if not scheduler.per_step:
+                scheduler.step()
             if ctx.is_main:
                 tracker.log({**stats, "lr": optimizer.param_groups[0]["lr"]}, step=epoch)
                 payload = checkpoint_payload(model, args, epoch, optimizer, scheduler, generator)
@@ -256,7 +297,8 @@ def evaluate(args, model: CAMModel, device: torch.device,
         loader_settings(args, False, device),
         splits=(args.split,), num_classes=args.num_classes,
         sampler_factory=lambda dataset, split: ShardSampler(len(dataset), ctx.rank,
-                                                            ctx.world_size))[args.split]
+                                                            ctx.world_size),
+        train_split="")[args.split]  # evaluation: no split augments, even VOC's "train"
     scoremap_root = (os.path.join(args.log_folder, "scoremaps", args.split)
                      if args.save_scoremaps else None)  # each rank writes its own images
     spec = get_spec(args.network, args.crop_size)
@@ -275,9 +317,15 @@ def evaluate(args, model: CAMModel, device: torch.device,
         show_progress=sys.stderr.isatty() and ctx.is_main, accel=accel,
         overlay_count=getattr(args, "save_overlays", 0),
         overlay_root=os.path.join(args.log_folder, "overlays", args.split))
-    computer = CAMComputer(model, loader, os.path.join(args.split_metadata_root, args.split),
-                           args.dataset_mask_root, args.dataset_name, args.split, settings,
-                           device, ctx)
+    metadata_root = os.path.join(args.split_metadata_root, args.split)
+    if args.segmentation:
+        from inference import SeedComputer
+        computer = SeedComputer(model, loader, metadata_root, args.dataset_mask_root,
+                                args.dataset_name, args.split, settings, device,
+                                args.num_classes, args.seed_threshold, args.tta, ctx)
+    else:
+        computer = CAMComputer(model, loader, metadata_root, args.dataset_mask_root,
+                               args.dataset_name, args.split, settings, device, ctx)
     results = computer.compute_and_evaluate()
     results.update({"experiment": args.experiment_name, "dataset": args.dataset_name,
                     "architecture": args.network, "model_structure": args.model_structure,
@@ -319,10 +367,14 @@ def _run(args, ctx: DistContext) -> dict | None:
     device = (torch.device("cuda", ctx.local_rank) if ctx.enabled and torch.cuda.is_available()
               else resolve_device(args.gpus))
     generator = seed_everything(args.seed)
-    if args.dataset_name == "SYNTH" and not os.path.isdir(args.split_metadata_root):
-        if ctx.is_main:
-            from wsol.data.synth import ensure_synth  # generated the first time it is needed
-            ensure_synth(args.data_root, args.metadata_root, args.mask_root)
+    if args.dataset_name in ("SYNTH", "SYNTH_ML") and not os.path.isdir(args.split_metadata_root):
+        if ctx.is_main:  # the built-in datasets are generated the first time they are needed
+            if args.dataset_name == "SYNTH":
+                from wsol.data.synth import ensure_synth
+                ensure_synth(args.data_root, args.metadata_root, args.mask_root)
+            else:
+                from wsol.data.synth_ml import ensure_synth_ml
+                ensure_synth_ml(args.data_root, args.metadata_root, args.mask_root)
         _barrier(ctx)
     accel = acceleration(args, device)
     model, spec = build_model(args)
@@ -367,13 +419,18 @@ def preflight(args, model: CAMModel, device: torch.device) -> None:
     """What can fail later is checked before any work: the splits' images and
     metadata, and whether the model's CAM layer and head fit the methods
     (wsol.cams.verify_cam_model, on a random image of the input size)."""
-    splits = ([] if args.eval_only else ["train"]) + ([] if args.skip_eval else [args.split])
+    splits = (([] if args.eval_only else [args.train_split])
+              + ([] if args.skip_eval else [args.split]))
     for split in splits:
         if not os.path.isdir(args.image_root):
             raise MetadataError(f"image folder not found: {args.image_root} (check --data_root: "
                                 f"images of dataset D are under <data_root>/D)")
         metadata = configure_metadata(os.path.join(args.split_metadata_root, split))
-        if split == args.split and not args.skip_eval:
+        if args.segmentation:
+            get_multi_labels(metadata)
+            if split == args.split and not args.skip_eval:
+                get_segmentation_paths(metadata)
+        elif split == args.split and not args.skip_eval:
             GroundTruth(metadata, mask_root=args.dataset_mask_root,
                         boxes=args.dataset_name in config.BOX_DATASETS,
                         masks=args.dataset_name in config.MASK_DATASETS)
@@ -394,7 +451,9 @@ def evaluation_record(args) -> dict:
             "iou_threshold_list": list(args.iou_threshold_list),
             "loc_threshold": args.loc_threshold, "multi_contour_eval": args.multi_contour_eval,
             "choices": args.choices.as_dict(), "fidelity": args.fidelity,
-            "fidelity_steps": args.fidelity_steps, "crop_size": args.crop_size}
+            "fidelity_steps": args.fidelity_steps, "crop_size": args.crop_size,
+            "recam_map": args.recam_map, "recam_clamp": args.recam_clamp,
+            "tta_scales": list(args.tta), "seed_threshold": args.seed_threshold}
 
 
 def results_path(folder: str, split: str, evaluation: dict) -> str:

@@ -56,9 +56,12 @@ def class_dim(head: nn.Module) -> int:
     return 1 if isinstance(_layers(head)[-1], nn.Conv2d) else -1
 
 
-def class_weights(head: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def class_weights(head: nn.Module, name: str, detach: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W [C, K], b [C])`` with ``head(x) = W x + b`` for a pooled input ``x``;
-    :class:`HeadNotLinear` naming the part that is not affine otherwise."""
+    :class:`HeadNotLinear` naming the part that is not affine otherwise.
+    ``detach=False`` keeps them in the autograd graph (ReCAM's mask trains the
+    head through them)."""
     parts = list(head) if isinstance(head, nn.Sequential) else [head]
     weight: torch.Tensor | None = None  # composed so far: y = weight @ x + bias
     bias: torch.Tensor | None = None
@@ -83,7 +86,8 @@ def class_weights(head: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tenso
                 f"cam needs class weights, and the head {name!r} is not a linear map of the "
                 f"pooled activations (it contains {type(part).__name__}): use a gradient "
                 f"method (gradcam, gradcam++, xgradcam, layercam, ...)")
-        w, b = w.detach(), b.detach()
+        if detach:
+            w, b = w.detach(), b.detach()
         if weight is None:
             weight, bias = w, b
         else:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 __all__ = ["BRANCHES", "SIGMOID_BRANCH", "normal_branch_init", "class_balanced_bce",
            "softmax_cross_entropy", "training_loss", "clamps", "clamp_weights"]
 
-BRANCHES = ("softmax", "sigmoid")
+BRANCHES = ("softmax", "sigmoid", "recam")  # recam: wsol.recam's re-activation branch
 SIGMOID_BRANCH = "fc2"  # the branch's attribute; also its name on the command line
 
 
@@ -54,7 +54,18 @@ def training_loss(outputs: dict[str, torch.Tensor | None], labels: torch.Tensor,
     """A vanilla model: cross-entropy of the softmax head.  A dual-branch one:
     the class-balanced BCE of the sigmoid branch, plus the softmax head's
     cross-entropy when anything besides the branch trains (``joint``; the
-    public code's sum, which has no gradient otherwise).  In float32."""
+    public code's sum, which has no gradient otherwise).  Multi-label data
+    (``labels`` multi-hot [B, C]): every head is a BCE head, trained with the
+    plain multi-label BCE (ReCAM's loss; one positive per image no longer
+    holds, so there is no class balancing).  In float32."""
+    if labels.dim() == 2:
+        from wsol.recam import multilabel_bce
+        if outputs["logits_sigmoid"] is None:
+            return multilabel_bce(outputs["logits"].float(), labels)
+        loss = multilabel_bce(outputs["logits_sigmoid"].float(), labels)
+        if joint:
+            loss = loss + multilabel_bce(outputs["logits"].float(), labels)
+        return loss
     if outputs["logits_sigmoid"] is None:
         return softmax_cross_entropy(outputs["logits"].float(), labels)
     loss = class_balanced_bce(outputs["logits_sigmoid"].float(), labels)

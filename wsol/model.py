@@ -24,10 +24,12 @@ from typing import Any, Callable, Literal
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from wsol.heads import LogitsExtractor, class_dim, class_weights, head_channels, head_classes
 from wsol.layouts import FeatureLayout, ResolvedLayout
-from wsol.method import BRANCHES, SIGMOID_BRANCH, normal_branch_init
+from wsol.method import BRANCHES, SIGMOID_BRANCH, clamp_weights, normal_branch_init
+from wsol.recam import new_reactivation_head, recam_class_weights
 
 __all__ = ["CAMModel", "FROZEN_MODES"]
 
@@ -79,12 +81,16 @@ class CAMModel(nn.Module):
         self.sigmoid_branch_name = sigmoid_branch
         self.branch_init = branch_init
         self.fc2: nn.Module | None = None
+        self.fc_re: nn.Linear | None = None   # ReCAM's re-activation head (wsol.recam)
+        self.recam_map = "product"
+        self.recam_clamp = "none"
         self._hook = None
         self.backbone_frozen = False
         self.frozen_mode = "eval"
         self._only_branch_trains = False  # every trainable parameter is in fc2
         self._grad_from_head = False      # set during a branch-only training forward
         self._branch_enabled = True       # off only while checking the model
+        self.frozen_bn = False            # BatchNorm statistics fixed while training (ReCAM)
         self.verified: dict = {}          # wsol.cams.verify_cam_model's cache
 
     # -- structure -------------------------------------------------------
@@ -101,8 +107,9 @@ class CAMModel(nn.Module):
         return self.fc2 is not None
 
     def branch_head(self, branch: str) -> nn.Module:
-        if branch not in BRANCHES:
-            raise ValueError(f"unknown branch {branch!r}; choose one of {BRANCHES}")
+        if branch not in BRANCHES or branch == "recam":
+            raise ValueError(f"unknown branch {branch!r}; choose one of {BRANCHES[:2]} "
+                             f"(the recam branch is computed from them and fc_re)")
         if branch == "sigmoid":
             if self.fc2 is None:
                 raise ValueError("this model has no sigmoid branch: fine-tune one with "
@@ -113,8 +120,58 @@ class CAMModel(nn.Module):
     def class_weights(self, branch: str) -> tuple[torch.Tensor, torch.Tensor]:
         """CAM's class weights of a branch, ``(W [C, K], b [C])``; an error
         (:class:`wsol.heads.HeadNotLinear`) for a head that has none."""
+        if branch == "recam":
+            weight = self.recam_weights().detach()
+            return weight, torch.zeros(weight.shape[0], device=weight.device)
         name = self.head_name if branch == "softmax" else self.sigmoid_branch_name
         return class_weights(self.branch_head(branch), name)
+
+    # -- ReCAM (wsol.recam) ------------------------------------------------
+    @property
+    def has_recam(self) -> bool:
+        return self.fc_re is not None
+
+    @property
+    def mask_branch(self) -> str:
+        """The BCE head whose CAM masks the features: the sigmoid branch of a
+        dual-branch model, the model's head otherwise."""
+        return "sigmoid" if self.is_dual else "softmax"
+
+    def mask_weights(self, detach: bool = True) -> torch.Tensor:
+        """W1 [C, K] of the BCE head, clamped at zero on the sigmoid branch
+        (the method's maps); ``detach=False`` for training through it."""
+        branch = self.mask_branch
+        name = self.head_name if branch == "softmax" else self.sigmoid_branch_name
+        weight, _ = class_weights(self.branch_head(branch), name, detach=detach)
+        return clamp_weights(weight) if branch == "sigmoid" else weight
+
+    def recam_weights(self) -> torch.Tensor:
+        """The ``recam`` branch's class weights [C, K] (wsol.recam)."""
+        if self.fc_re is None:
+            raise ValueError("this model has no re-activation head: train one with --recam "
+                             "or drop the recam branch")
+        return recam_class_weights(self.mask_weights(), self.fc_re.weight, self.recam_map,
+                                   self.recam_clamp)
+
+    def add_reactivation_head(self, seed: int = 0, map_weights: str = "product",
+                              clamp: str = "none") -> "CAMModel":
+        """Add ReCAM's re-activation head ``fc_re`` (and the ``recam`` branch)."""
+        if self.fc_re is not None:
+            raise ValueError("the model already has a re-activation head")
+        weight = self.mask_weights()  # HeadNotLinear for a head without class weights
+        self.fc_re = new_reactivation_head(weight.shape[1], weight.shape[0], seed).to(
+            weight.device)
+        self.set_recam_maps(map_weights, clamp)
+        self._install_hook()
+        return self
+
+    def set_recam_maps(self, map_weights: str, clamp: str) -> None:
+        recam_class_weights(torch.zeros(1, 1), torch.zeros(1, 1), map_weights, clamp)  # checks
+        self.recam_map, self.recam_clamp = map_weights, clamp
+
+    def _install_hook(self) -> None:
+        if self._hook is None:
+            self._hook = self.head_module.register_forward_hook(self._append_branches)
 
     def resolve_layout(self, shape: tuple[int, ...], input_size: tuple[int, int]
                        ) -> ResolvedLayout:
@@ -151,17 +208,28 @@ class CAMModel(nn.Module):
         for p in branch.parameters():
             p.requires_grad_(True)
         self.fc2 = branch
-        self._hook = self.head_module.register_forward_hook(self._append_sigmoid_branch)
+        self._install_hook()
         return self
 
-    def _append_sigmoid_branch(self, module, inputs, output):
+    def _append_branches(self, module, inputs, output):
+        """The head's forward hook: the sigmoid branch's outputs, then the
+        recam branch's, appended as extra classes."""
         if not self._branch_enabled:
             return output
         if self._grad_from_head:
             # The backbone ran without autograd; record from here on (the
             # branch and whatever follows the head, e.g. a GAP after a conv head).
             torch.set_grad_enabled(True)
-        return torch.cat([output, self.fc2(*inputs)], dim=self._class_dim)
+        parts = [output]
+        if self.fc2 is not None:
+            parts.append(self.fc2(*inputs))
+        if self.fc_re is not None:
+            weight = self.recam_weights().detach().to(inputs[0].dtype)
+            if self._class_dim == 1:  # a 1x1-conv head on the feature map
+                parts.append(F.conv2d(inputs[0], weight[:, :, None, None]))
+            else:
+                parts.append(F.linear(inputs[0], weight))
+        return torch.cat(parts, dim=self._class_dim)
 
     def freeze_backbone(self, trainable: tuple[str, ...] = (SIGMOID_BRANCH,),
                         mode: str = "eval") -> None:
@@ -194,7 +262,7 @@ class CAMModel(nn.Module):
         self.backbone_frozen = True
         self.frozen_mode = mode
         self._only_branch_trains = all(
-            name.startswith(SIGMOID_BRANCH + ".")
+            name.startswith((SIGMOID_BRANCH + ".", "fc_re."))
             for name, p in self.named_parameters() if p.requires_grad)
         if mode == "public_code":
             for m in self.model.modules():
@@ -206,7 +274,32 @@ class CAMModel(nn.Module):
         super().train(mode)
         if self.backbone_frozen and self.frozen_mode == "eval":
             self.model.eval()  # running statistics and dropout stay as trained
+        elif mode and self.frozen_bn:
+            for m in self.model.modules():  # ReCAM's FixedBatchNorm: statistics as loaded
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self
+
+    def drop_head_bias(self) -> "CAMModel":
+        """A bias-free head (ReCAM's 1x1-conv classifier has none); call before
+        adding branches, which copy the head."""
+        if self.is_dual or self.has_recam:
+            raise ValueError("drop the head's bias before adding branches")
+        for m in self.head_module.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None:
+                m.bias = None
+        return self
+
+    def freeze(self, prefixes: tuple[str, ...]) -> None:
+        """Parameters under these prefixes (public names, e.g. ``conv1``,
+        ``bn1``) never train: ReCAM keeps its stem frozen."""
+        for prefix in prefixes:
+            matched = [p for name, p in self.named_parameters()
+                       if self._selects(prefix, name, self.public_name(name))]
+            if not matched:
+                raise ValueError(f"--freeze {prefix!r} names no parameters of this model")
+            for p in matched:
+                p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
         if self.training and self._only_branch_trains and torch.is_grad_enabled():
@@ -222,16 +315,25 @@ class CAMModel(nn.Module):
         else:
             out = self.model(x)
         logits = self.extract_logits(out)
-        if self.fc2 is None or not self._branch_enabled:
-            return {"logits": logits, "logits_sigmoid": None}
-        if logits.shape[-1] != 2 * self.num_classes:
+        result = {"logits": logits, "logits_sigmoid": None}
+        if self.fc_re is not None:
+            result["logits_recam"] = None
+        branches = (self.fc2 is not None) + (self.fc_re is not None)
+        if not branches or not self._branch_enabled:
+            return result
+        if logits.shape[-1] != (1 + branches) * self.num_classes:
             raise RuntimeError(
                 f"the model's logits have {logits.shape[-1]} entries, not the "
-                f"{2 * self.num_classes} of both branches: something after the head "
-                f"{self.head_name!r} changes its output's shape; give as head the module "
-                f"whose output the model returns")
-        logits, logits_sigmoid = logits.split(self.num_classes, dim=-1)
-        return {"logits": logits, "logits_sigmoid": logits_sigmoid}
+                f"{(1 + branches) * self.num_classes} of its {1 + branches} branches: "
+                f"something after the head {self.head_name!r} changes its output's shape; "
+                f"give as head the module whose output the model returns")
+        parts = list(logits.split(self.num_classes, dim=-1))
+        result["logits"] = parts.pop(0)
+        if self.fc2 is not None:
+            result["logits_sigmoid"] = parts.pop(0)
+        if self.fc_re is not None:
+            result["logits_recam"] = parts.pop(0)
+        return result
 
 
 def _patch_size(model: nn.Module) -> int | None:

@@ -15,7 +15,8 @@ from wsol.errors import write_failure
 
 __all__ = ["TABLE_COLUMNS", "format_table", "json_ready", "write_json", "read_json", "run_record"]
 
-TABLE_COLUMNS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP")
+TABLE_COLUMNS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP", "mIoU",
+                 "mIoU (best t, chosen on GT)", "best t")
 
 
 def format_table(results: dict, box_column: str = "MaxBoxAccV2") -> str:
@@ -38,6 +39,9 @@ def format_table(results: dict, box_column: str = "MaxBoxAccV2") -> str:
                                   else " (no clamp)")
         lines.append([row["method"], branch] + [_cell(values.get(c)) for c in present]
                      + ([warning] if any(warnings) else []))
+    thresholds = {row["threshold"] for row in rows if "threshold" in row}
+    if len(thresholds) == 1 and "mIoU" in header:  # the seed mIoU's background score
+        header[header.index("mIoU")] = f"mIoU (t={thresholds.pop():g})"
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
             for line in lines]

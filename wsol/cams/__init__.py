@@ -8,7 +8,8 @@ each method is a class owning its settings (:mod:`wsol.cams.methods`);
 """
 from wsol.cams.capture import ActivationCapture
 from wsol.cams.check import ModelCheckError, verify_cam_model
-from wsol.cams.compute import CAMOutput, compute_cams, compute_cams_per_branch
+from wsol.cams.compute import (CAMOutput, compute_cams, compute_cams_for_target_sets,
+                               compute_cams_per_branch)
 from wsol.cams.maps import MAP_STYLES, evaluation_maps
 from wsol.cams.methods import (CAM, CAM_METHODS, CAMInputs, CAMMethod, EigenCAM, GradCAM,
                                GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM,
@@ -17,7 +18,8 @@ from wsol.cams.methods import (CAM, CAM_METHODS, CAMInputs, CAMMethod, EigenCAM,
 from wsol.protocol import normalize_maps
 
 __all__ = ["ActivationCapture", "ModelCheckError", "verify_cam_model", "CAMOutput",
-           "compute_cams", "compute_cams_per_branch", "MAP_STYLES", "evaluation_maps",
+           "compute_cams", "compute_cams_per_branch", "compute_cams_for_target_sets",
+           "MAP_STYLES", "evaluation_maps",
            "CAM", "CAM_METHODS", "CAMInputs", "CAMMethod", "EigenCAM", "GradCAM",
            "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "ScoreCAM", "SmoothGradCAMPlusPlus",
            "XGradCAM", "gradcampp_weights", "parse_methods", "resolve_methods",

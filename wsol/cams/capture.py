@@ -12,6 +12,7 @@ import torch.nn as nn
 from wsol.model import CAMModel
 
 __all__ = ["ActivationCapture", "branch_logits", "full_precision", "target_gradients",
+           "target_set_gradients",
            "forward_activations", "capture", "captured"]
 
 Tensor = torch.Tensor
@@ -80,8 +81,11 @@ def full_precision(tensor: Tensor) -> Tensor:
     return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
+_LOGITS = {"softmax": "logits", "sigmoid": "logits_sigmoid", "recam": "logits_recam"}
+
+
 def branch_logits(outputs: dict[str, Tensor | None], branch: str) -> Tensor:
-    return outputs["logits"] if branch == "softmax" else outputs["logits_sigmoid"]
+    return outputs[_LOGITS[branch]]
 
 
 def capture(model: CAMModel, requires_grad: bool) -> ActivationCapture:
@@ -97,24 +101,34 @@ def target_gradients(model: CAMModel, images: Tensor, targets: Tensor | None,
     The batch is differentiated as the sum of each image's target logit; in
     eval mode the images do not interact, so each image gets its own gradient.
     """
+    outputs, sets, activation, gradients = target_set_gradients(
+        model, images, None if targets is None else targets[None], branches)
+    return outputs, sets[0], activation, {b: g[0] for b, g in gradients.items()}
+
+
+def target_set_gradients(model: CAMModel, images: Tensor, target_sets: Tensor | None,
+                         branches: Sequence[str]) -> tuple[dict, Tensor, Tensor, dict]:
+    """:func:`target_gradients` for ``J`` target sets at once (``[J, B]``: e.g.
+    each image's j-th ground-truth class of multi-label data), sharing the
+    forward: (outputs, target sets, A, {branch: [J gradients]})."""
     with capture(model, requires_grad=True) as hooked:
         outputs = model(images)
         activation = captured(hooked)
-        if targets is None:
-            targets = outputs["logits"].argmax(1)
+        if target_sets is None:
+            target_sets = outputs["logits"].argmax(1)[None]
         # Still inside: grad mode is on from the CAM layer to here.
-        scores = [full_precision(branch_logits(outputs, b).gather(1, targets[:, None])).sum()
-                  for b in branches]
-    if not all(score.requires_grad for score in scores):
+        scores = [(b, full_precision(branch_logits(outputs, b).gather(1, t[:, None])).sum())
+                  for b in branches for t in target_sets]
+    if not all(score.requires_grad for _, score in scores):
         raise RuntimeError("the target logit does not depend on the CAM layer output "
                            f"({model.feature_layer_name!r}); check the CAM layer and "
                            "that the model does not disable autograd in its forward")
     layout = model.resolve_layout(activation.shape, images.shape[-2:])
-    gradients = {}
-    for i, (branch, score) in enumerate(zip(branches, scores)):
+    gradients: dict[str, list[Tensor]] = {b: [] for b in branches}
+    for i, (branch, score) in enumerate(scores):
         (grad,) = torch.autograd.grad(score, activation, retain_graph=i < len(scores) - 1)
-        gradients[branch] = layout.to_nchw(grad)
-    return outputs, targets, layout.to_nchw(activation.detach()), gradients
+        gradients[branch].append(layout.to_nchw(grad))
+    return outputs, target_sets, layout.to_nchw(activation.detach()), gradients
 
 
 def forward_activations(model: CAMModel, images: Tensor) -> tuple[dict, Tensor]:

@@ -94,7 +94,7 @@ def _check_layer_and_branch(model: CAMModel, probe: Tensor) -> None:
         raise ModelCheckError(f"the CAM layer {layer!r} runs {runs} times in one forward (a "
                               f"module used in several places): hook a module that runs "
                               f"once, e.g. {_runs_once_instead(layer, calls, order)!r}")
-    if model.is_dual:
+    if model.is_dual or model.has_recam:
         with torch.no_grad():
             both = model(probe)["logits"]
         if not torch.allclose(both, base, rtol=1e-5, atol=1e-6):

@@ -16,13 +16,14 @@ from typing import Sequence
 
 import torch
 
-from wsol.cams.capture import forward_activations, full_precision, target_gradients
+from wsol.cams.capture import forward_activations, full_precision, target_set_gradients
 from wsol.cams.check import verify_cam_model
 from wsol.cams.methods import CAMInputs, CAMMethod, resolve_methods
 from wsol.method import BRANCHES, clamps
 from wsol.model import CAMModel
 
-__all__ = ["CAMOutput", "compute_cams", "compute_cams_per_branch"]
+__all__ = ["CAMOutput", "compute_cams", "compute_cams_per_branch",
+           "compute_cams_for_target_sets"]
 
 Tensor = torch.Tensor
 Methods = str | CAMMethod | Sequence[str | CAMMethod]
@@ -50,7 +51,7 @@ def compute_cams(model: CAMModel, images: Tensor, targets: Tensor | None = None,
         methods: names (:data:`CAM_METHODS`, with their default settings), a
             comma-separated string, "all", or method instances with settings of
             their own (``SmoothGradCAMPlusPlus(samples=16)``, ``ScoreCAM(topk=64)``).
-        branch: "softmax" or "sigmoid"; None -> "sigmoid" for a dual-branch
+        branch: "softmax", "sigmoid" or "recam"; None -> "sigmoid" for a dual-branch
             model, "softmax" otherwise.
         clamp: on the sigmoid branch, clamp the weights at zero (the method);
             False for ablations.  Softmax-branch maps are never clamped.
@@ -75,6 +76,18 @@ def compute_cams_per_branch(model: CAMModel, images: Tensor, targets: Tensor | N
     activations; each adds one backward through the head (and its methods'
     own passes).  Same maps as one :func:`compute_cams` call per branch, at
     the cost of one forward."""
+    sets = None if targets is None else torch.as_tensor(targets).view(1, -1)
+    return {branch: outs[0] for branch, outs in
+            compute_cams_for_target_sets(model, images, sets, methods, branches, clamp).items()}
+
+
+def compute_cams_for_target_sets(model: CAMModel, images: Tensor, target_sets: Tensor | None,
+                                 methods: Methods, branches: Sequence[str],
+                                 clamp: bool = True) -> dict[str, list[CAMOutput]]:
+    """Maps for ``J`` target sets (``[J, B]``, e.g. each image's j-th class of
+    multi-label data; None: the softmax head's top-1) from one forward:
+    ``{branch: [CAMOutput of each set]}``; one backward through the head per
+    branch and set."""
     chosen = resolve_methods(methods)
     branches = list(dict.fromkeys(branches))
     if not branches:
@@ -84,54 +97,66 @@ def compute_cams_per_branch(model: CAMModel, images: Tensor, targets: Tensor | N
             raise ValueError(f"unknown branch {branch!r}; choose one of {BRANCHES}")
         if branch == "sigmoid" and not model.is_dual:
             raise ValueError("this model has no sigmoid branch; use branch='softmax'")
+        if branch == "recam" and not model.has_recam:
+            raise ValueError("this model has no re-activation head (train one with --recam); "
+                             "drop the recam branch")
     if images.dim() != 4:
         raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
     if torch.is_inference_mode_enabled():
         # Inference tensors cannot take part in autograd: step out of it.
         with torch.inference_mode(False):
             images = images.clone()
-            targets = None if targets is None else targets.clone()
+            target_sets = None if target_sets is None else target_sets.clone()
             verify_cam_model(model, images, chosen, branches)
-            return _compute(model, images, targets, chosen, branches, clamp)
+            return _compute(model, images, target_sets, chosen, branches, clamp)
     verify_cam_model(model, images, chosen, branches)
-    return _compute(model, images, targets, chosen, branches, clamp)
+    return _compute(model, images, target_sets, chosen, branches, clamp)
 
 
-def _compute(model: CAMModel, images: Tensor, targets: Tensor | None,
-             chosen: list[CAMMethod], branches: list[str], clamp: bool) -> dict[str, CAMOutput]:
+def _compute(model: CAMModel, images: Tensor, target_sets: Tensor | None,
+             chosen: list[CAMMethod], branches: list[str],
+             clamp: bool) -> dict[str, list[CAMOutput]]:
     images = images.detach()
-    if targets is not None:
-        targets = torch.as_tensor(targets, device=images.device).long().view(-1)
-        if targets.numel() != images.shape[0]:
-            raise ValueError(f"{targets.numel()} targets for {images.shape[0]} images")
-        if targets.numel():
-            bad = (targets.min() < 0) | (targets.max() >= model.num_classes)
-            if targets.is_cuda:
+    if target_sets is not None:
+        target_sets = torch.as_tensor(target_sets, device=images.device).long()
+        target_sets = target_sets.view(target_sets.shape[0] if target_sets.dim() > 1 else 1, -1)
+        if target_sets.shape[1] != images.shape[0]:
+            raise ValueError(f"{target_sets.shape[1]} targets for {images.shape[0]} images")
+        if target_sets.numel():
+            bad = (target_sets.min() < 0) | (target_sets.max() >= model.num_classes)
+            if target_sets.is_cuda:
                 torch._assert_async(~bad)  # fails on the GPU without making the host wait
             elif bool(bad):
                 raise ValueError(f"targets must lie in [0, {model.num_classes})")
     if any(m.needs_gradients for m in chosen):
-        outputs, targets, activations, gradients = target_gradients(
-            model, images, targets, branches)
+        outputs, target_sets, activations, gradients = target_set_gradients(
+            model, images, target_sets, branches)
     else:
         outputs, activations = forward_activations(model, images)
         gradients = {}
-        if targets is None:
-            targets = outputs["logits"].argmax(1)
+        if target_sets is None:
+            target_sets = outputs["logits"].argmax(1)[None]
     logits = full_precision(outputs["logits"].detach())
     sigmoid_logits = outputs["logits_sigmoid"]
     if sigmoid_logits is not None:
         sigmoid_logits = full_precision(sigmoid_logits.detach())
-    results = {}
+    results: dict[str, list[CAMOutput]] = {}
     for branch in branches:
-        inputs = CAMInputs(model=model, images=images, targets=targets, branch=branch,
-                           clamp=clamps(branch, clamp), activations=activations,
-                           gradients=gradients.get(branch))
-        for method in chosen:  # their own passes, under the caller's autocast ...
-            method.prepare(inputs)
-        # ... the maps are formed in float32 whatever it is.
-        with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
-            maps = {m.name: m.raw_map(inputs).detach().float() for m in chosen}
-        results[branch] = CAMOutput(maps=maps, logits=logits, logits_sigmoid=sigmoid_logits,
-                                    targets=targets, branch=branch)
+        # The recam branch clamps its product's channel weights only when asked
+        # (wsol.recam.RECAM_CLAMPS); its other clamps are in its class weights.
+        clamp_here = (model.recam_clamp == "product" if branch == "recam"
+                      else clamps(branch, clamp))
+        results[branch] = []
+        for j, targets in enumerate(target_sets):
+            inputs = CAMInputs(model=model, images=images, targets=targets, branch=branch,
+                               clamp=clamp_here, activations=activations,
+                               gradients=gradients[branch][j] if gradients else None)
+            for method in chosen:  # their own passes, under the caller's autocast ...
+                method.prepare(inputs)
+            # ... the maps are formed in float32 whatever it is.
+            with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+                maps = {m.name: m.raw_map(inputs).detach().float() for m in chosen}
+            results[branch].append(CAMOutput(maps=maps, logits=logits,
+                                             logits_sigmoid=sigmoid_logits, targets=targets,
+                                             branch=branch))
     return results

@@ -49,7 +49,7 @@ class CAMInputs:
     model: CAMModel
     images: Tensor                 # [B, 3, H, W], as given to the model
     targets: Tensor                # [B] class indices
-    branch: str                    # "softmax" | "sigmoid"
+    branch: str                    # "softmax" | "sigmoid" | "recam"
     clamp: bool                    # clamp the weights at zero (the sigmoid branch)
     activations: Tensor            # A: [B, K, h, w], detached
     gradients: Tensor | None = None  # dy/dA: [B, K, h, w]
@@ -252,7 +252,8 @@ class ScoreCAM(CAMMethod):
             valid = flat.amax(1) > flat.amin(1)
             masks = normalize_maps(masks[:, 0])[:, None]
             logits = branch_logits(inputs.model(images[b] * masks), inputs.branch)
-            prob = logits.softmax(1) if inputs.branch == "softmax" else logits.sigmoid()
+            # The recam branch's re-activation head is a softmax classifier.
+            prob = logits.sigmoid() if inputs.branch == "sigmoid" else logits.softmax(1)
             prob = prob.gather(1, inputs.targets[b][:, None])[:, 0]
             scores[b, k] = (prob * valid).to(scores.dtype)
         inputs.extra[id(self)] = scores

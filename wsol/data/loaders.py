@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from wsol.data.images import READ_ERRORS, bad_image, open_rgb
 from wsol.data.metadata import (MetadataError, check_ids_present, configure_metadata,
-                                get_class_labels, get_image_ids)
+                                get_class_labels, get_image_ids, get_multi_labels)
 from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["WSOLImageLabelDataset", "AugmentationSeeds", "LoaderSettings", "get_transforms",
@@ -36,20 +36,32 @@ class WSOLImageLabelDataset(Dataset):
                  transform: Callable | None, proxy: bool = False,
                  num_sample_per_class: int = 0,
                  num_classes: int | None = None,
-                 skip_bad_images: bool = False):
+                 skip_bad_images: bool = False,
+                 multi_label: bool = False):
         self.data_root = data_root
         self.skip_bad_images = skip_bad_images
         self.metadata = configure_metadata(metadata_root)
         self.transform = transform
+        self.multi_label = multi_label
         self.image_ids = get_image_ids(self.metadata, proxy=proxy)
-        self.image_labels = get_class_labels(self.metadata)
-        check_ids_present(self.image_ids, self.image_labels, self.metadata["class_labels"])
+        if multi_label:  # several classes per image: multi-hot targets
+            if num_classes is None:
+                raise ValueError("a multi-label dataset needs num_classes")
+            self.label_lists = get_multi_labels(self.metadata)
+            check_ids_present(self.image_ids, self.label_lists, self.metadata["class_labels"])
+            self.image_labels = {i: labels[0] for i, labels in self.label_lists.items()}
+        else:
+            self.image_labels = get_class_labels(self.metadata)
+            check_ids_present(self.image_ids, self.image_labels, self.metadata["class_labels"])
+        self.num_classes = num_classes
         if num_classes is not None:
-            bad = [i for i in self.image_ids if self.image_labels[i] >= num_classes]
+            lists = (self.label_lists if multi_label
+                     else {i: [label] for i, label in self.image_labels.items()})
+            bad = [i for i in self.image_ids if max(lists[i]) >= num_classes]
             if bad:
                 raise MetadataError(
                     f"{self.metadata['class_labels']}: label "
-                    f"{self.image_labels[bad[0]]} of {bad[0]!r} is >= the number "
+                    f"{max(lists[bad[0]])} of {bad[0]!r} is >= the number "
                     f"of classes ({num_classes})")
         if num_sample_per_class > 0:
             self.image_ids = self._first_per_class(num_sample_per_class)
@@ -67,6 +79,15 @@ class WSOLImageLabelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def target(self, image_id: str):
+        """The class (an int), or for a multi-label dataset the multi-hot
+        vector (float [C])."""
+        if not self.multi_label:
+            return self.image_labels[image_id]
+        hot = torch.zeros(self.num_classes)
+        hot[self.label_lists[image_id]] = 1.0
+        return hot
+
     def __getitem__(self, key: int | tuple[int, int]):
         """``key``: an index, or ``(index, seed)`` from :class:`AugmentationSeeds`
         (the random transforms then draw from ``seed`` alone)."""
@@ -80,10 +101,10 @@ class WSOLImageLabelDataset(Dataset):
         except READ_ERRORS as error:
             return bad_image(f"cannot read image {path}: {error}", self.skip_bad_images)
         if seed is None:
-            return self.transform(image), self.image_labels[image_id], image_id
+            return self.transform(image), self.target(image_id), image_id
         with torch.random.fork_rng(devices=[]):  # leaves the process's own stream alone
             torch.manual_seed(seed)
-            return self.transform(image), self.image_labels[image_id], image_id
+            return self.transform(image), self.target(image_id), image_id
 
     def _encoded(self, path: str, image_id: str, seed: int | None):
         try:
@@ -94,7 +115,7 @@ class WSOLImageLabelDataset(Dataset):
         except OSError as error:
             return bad_image(f"cannot read image {path}: {error}", self.skip_bad_images)
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return encoded, self.image_labels[image_id], image_id, -1 if seed is None else seed
+        return encoded, self.target(image_id), image_id, -1 if seed is None else seed
 
 
 class AugmentationSeeds(Sampler):
@@ -144,9 +165,18 @@ def skip_none_collate(batch: list):
         return torch.empty(0, 3, 1, 1), torch.empty(0, dtype=torch.long), []
     if len(batch[0]) == 4:
         encoded, labels, ids, seeds = zip(*batch)
-        return list(encoded), torch.as_tensor(labels), list(ids), torch.as_tensor(seeds)
+        return list(encoded), _labels(labels), list(ids), torch.as_tensor(seeds)
     images, labels, ids = zip(*batch)
-    return torch.stack(images), torch.as_tensor(labels), list(ids)
+    if len({tuple(image.shape) for image in images}) > 1:  # images at their own size
+        return list(images), _labels(labels), list(ids)
+    return torch.stack(images), _labels(labels), list(ids)
+
+
+def _labels(labels: tuple) -> torch.Tensor:
+    """Class indices [B], or multi-hot vectors [B, C]."""
+    if isinstance(labels[0], torch.Tensor):
+        return torch.stack(labels)
+    return torch.as_tensor(labels)
 
 
 @dataclass(frozen=True)
@@ -162,16 +192,70 @@ class LoaderSettings:
     decode_device: torch.device | None = None  # decode and transform there (--decode_on_device)
     mean: tuple[float, float, float] = IMAGENET_MEAN  # the network's input normalisation
     std: tuple[float, float, float] = IMAGENET_STD
+    multi_label: bool = False  # class_labels.txt lists several classes per image
+    augment: str = "wsol"      # training transforms: "wsol" or "recam"
+    resize_long: tuple[int, int] = (320, 640)  # "recam": the long side's random range
+    keep_size: bool = False    # evaluation images at their own size (seeds, batch 1)
+
+
+class RandomResizeLong:
+    """ReCAM's training resize: the long side drawn uniformly from
+    [low, high] (torch's random stream, so AugmentationSeeds governs it),
+    bicubic, aspect ratio kept."""
+
+    def __init__(self, low: int, high: int):
+        self.low, self.high = low, high
+
+    def __call__(self, image):
+        from PIL import Image
+        target = int(torch.randint(self.low, self.high + 1, ()))
+        width, height = image.size
+        scale = target / max(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return image.resize(size, Image.BICUBIC)
+
+
+class RandomCropPad:
+    """ReCAM's random crop of a normalised tensor to ``size`` x ``size``:
+    a side shorter than ``size`` is placed at a random offset in a zero
+    canvas (zero = the mean colour after normalisation)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        _, height, width = tensor.shape
+        out = tensor.new_zeros(tensor.shape[0], self.size, self.size)
+
+        def span(length):  # (source start, target start, extent)
+            extent = min(length, self.size)
+            slack = abs(length - self.size)
+            offset = int(torch.randint(0, slack + 1, ())) if slack else 0
+            return (offset, 0, extent) if length > self.size else (0, offset, extent)
+        sy, ty, h = span(height)
+        sx, tx, w = span(width)
+        out[:, ty:ty + h, tx:tx + w] = tensor[:, sy:sy + h, sx:sx + w]
+        return out
 
 
 def get_transforms(split: str, resize_size: int, crop_size: int,
-                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                   augment: str = "wsol", resize_long: tuple[int, int] = (320, 640),
+                   keep_size: bool = False):
     """wsolevaluation's transforms: train = resize, random crop, flip; eval =
     resize straight to the crop size (the whole image is seen); then the
     network's normalisation (ImageNet's, or e.g. 0.5 for the DeiT-Tiny of the
-    method's earlier code)."""
+    method's earlier code).  ``augment="recam"``: ReCAM's training transforms
+    (long side random in ``resize_long``, flip, random crop ``crop_size``
+    padded with zeros).  ``keep_size``: evaluation images at their own size
+    (the seed evaluation scales them itself)."""
     from torchvision import transforms as T
     normalize = T.Normalize(mean, std)
+    if split == "train" and augment == "recam":
+        return T.Compose([RandomResizeLong(*resize_long), T.RandomHorizontalFlip(),
+                          T.ToTensor(), normalize, RandomCropPad(crop_size)])
+    if split != "train" and keep_size:
+        return T.Compose([T.ToTensor(), normalize])
     if split == "train":
         return T.Compose([
             T.Resize((resize_size, resize_size)),
@@ -191,8 +275,10 @@ def get_data_loader(data_roots: dict[str, str], metadata_root: str,
                     settings: LoaderSettings, splits=_SPLITS,
                     num_classes: int | None = None,
                     generator: torch.Generator | None = None,
-                    sampler_factory: Callable | None = None) -> dict[str, DataLoader]:
-    """One DataLoader per split; only the train loader shuffles."""
+                    sampler_factory: Callable | None = None,
+                    train_split: str = "train") -> dict[str, DataLoader]:
+    """One DataLoader per split; only the training split's (``train_split``:
+    ``train``, or e.g. VOC's ``train_aug``) shuffles and augments."""
     loaders = {}
     for split in splits:
         if not os.path.isdir(data_roots[split]):
@@ -201,16 +287,19 @@ def get_data_loader(data_roots: dict[str, str], metadata_root: str,
         dataset = WSOLImageLabelDataset(
             data_root=data_roots[split],
             metadata_root=os.path.join(metadata_root, split),
-            transform=(get_transforms(split, settings.resize_size, settings.crop_size,
-                                      settings.mean, settings.std)
+            transform=(get_transforms("train" if split == train_split else split,
+                                      settings.resize_size, settings.crop_size,
+                                      settings.mean, settings.std, settings.augment,
+                                      settings.resize_long, settings.keep_size)
                        if settings.decode_device is None else None),
-            proxy=settings.proxy_training_set and split == "train",
+            proxy=settings.proxy_training_set and split == train_split,
             num_sample_per_class=(settings.num_val_sample_per_class
                                   if split == "val" else 0),
             num_classes=num_classes,
-            skip_bad_images=settings.skip_bad_images)
+            skip_bad_images=settings.skip_bad_images,
+            multi_label=settings.multi_label)
         sampler = sampler_factory(dataset, split) if sampler_factory else None
-        train = split == "train"
+        train = split == train_split
         if train:
             generator = generator if generator is not None else torch.Generator().manual_seed(0)
             sampler = AugmentationSeeds(

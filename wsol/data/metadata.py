@@ -10,6 +10,9 @@ text files (docs/protocol.md):
 - ``localization.txt``       ``path,x0,y0,x1,y1`` (boxes, one line per box) or
                              ``path,mask_png,ignore_png`` (OpenImages masks)
 - ``localization_masks.txt`` masks of a dataset that also has boxes (SYNTH)
+- ``segmentation.txt``       ``path,mask_png`` (class-index masks of a
+                             multi-label segmentation dataset: VOC2012, SYNTH_ML,
+                             whose ``class_labels.txt`` has a line per class)
 
 Every reader names the file and line of a malformed entry.
 :class:`GroundTruth` loads a split's boxes and masks once, at the evaluation
@@ -27,6 +30,7 @@ from wsol.errors import UserError
 from wsol.protocol import RESIZE_LENGTH, get_mask, resize_bbox
 
 __all__ = ["MetadataError", "configure_metadata", "get_image_ids", "get_class_labels",
+           "get_multi_labels", "get_segmentation_paths",
            "get_bounding_boxes", "get_image_sizes", "get_mask_paths", "check_ids_present",
            "GroundTruth"]
 
@@ -50,6 +54,7 @@ def configure_metadata(metadata_root: str) -> dict:
         "image_sizes": join(metadata_root, "image_sizes.txt"),
         "localization": join(metadata_root, "localization.txt"),
         "localization_masks": join(metadata_root, "localization_masks.txt"),
+        "segmentation": join(metadata_root, "segmentation.txt"),
     }
 
 
@@ -120,6 +125,39 @@ def get_class_labels(metadata: dict) -> dict[str, int]:
         if labels[image_id] < 0:
             raise MetadataError(f"{path}:{line_no}: negative class label {label}")
     return labels
+
+
+def get_multi_labels(metadata: dict) -> dict[str, list[int]]:
+    """Every class of each image, in file order, for multi-label datasets
+    (PASCAL VOC, SYNTH_ML): ``class_labels.txt`` holds one line per (image,
+    class), as ``localization.txt`` holds one line per box.  A repeated
+    (image, class) pair is refused with its line."""
+    path = metadata["class_labels"]
+    labels: dict[str, list[int]] = {}
+    seen: dict[tuple[str, int], int] = {}
+    for line_no, (image_id, label) in _read_rows(path, (2,)):
+        value = _to_number(path, line_no, label, int)
+        if value < 0:
+            raise MetadataError(f"{path}:{line_no}: negative class label {label}")
+        first = seen.setdefault((image_id, value), line_no)
+        if first != line_no:
+            raise MetadataError(f"{path}:{line_no}: class {value} of {image_id!r} is listed "
+                                f"again (first on line {first}); remove the duplicate")
+        labels.setdefault(image_id, []).append(value)
+    return labels
+
+
+def get_segmentation_paths(metadata: dict) -> dict[str, str]:
+    """The class-index mask (VOC's SegmentationClass format: 0 background,
+    class c as c + 1, 255 ignored) of each image, relative to the dataset's
+    mask folder, from ``segmentation.txt`` (``path,mask_png``)."""
+    path = metadata["segmentation"]
+    unique = _Unique(path)
+    masks = {}
+    for line_no, (image_id, mask) in _read_rows(path, (2,)):
+        unique.check(image_id, line_no)
+        masks[image_id] = mask
+    return masks
 
 
 def get_bounding_boxes(metadata: dict) -> dict[str, list[list[float]]]:

@@ -227,7 +227,10 @@ def load_into_cam_model(model: CAMModel, path: str,
     branch_names = {SIGMOID_BRANCH, model.sigmoid_branch_name}
     branch = {k.split(".", 1)[1]: v for k, v in state.items()
               if k.split(".", 1)[0] in branch_names and "." in k}
-    base = {k: v for k, v in state.items() if k.split(".", 1)[0] not in branch_names}
+    reactivation = {k.split(".", 1)[1]: v for k, v in state.items()
+                    if k.startswith(_REACTIVATION + ".")}
+    base = {k: v for k, v in state.items()
+            if k.split(".", 1)[0] not in branch_names | {_REACTIVATION}}
     recorded = checkpoint.get("architecture")
     hint = (f"it is a {recorded} checkpoint: pass --architecture {recorded}"
             if recorded and recorded != model.architecture else _FIT_HINT)
@@ -239,7 +242,16 @@ def load_into_cam_model(model: CAMModel, path: str,
                 f"{model.sigmoid_branch_name}: fine-tune one first (--model_structure b2 "
                 f"--ft_ckpt {path}), or evaluate it as --model_structure vanilla")
         _load_strict(model.fc2, branch, path, hint)
+    if model.fc_re is not None:
+        if not reactivation:
+            raise CheckpointError(
+                f"{path} has no re-activation head ({_REACTIVATION}): train one with --recam, "
+                f"or evaluate it without the recam branch")
+        _load_strict(model.fc_re, reactivation, path, hint)
     return checkpoint
+
+
+_REACTIVATION = "fc_re"  # ReCAM's re-activation head (wsol.recam)
 
 
 # ---------------------------------------------------------------------------
@@ -326,10 +338,10 @@ def load_pretrained(model: CAMModel, spec: ArchitectureSpec, path: str) -> None:
 # What a training run records about its model (checkpoint and config.json).
 MODEL_SETTINGS = ("architecture", "num_classes", "model_structure", "large_feature_map",
                   "crop_size", "resize_size", "cam_layer", "head", "sigmoid_init",
-                  "frozen_mode", "replay", "dataset_name")
+                  "frozen_mode", "replay", "dataset_name", "recam", "head_bias")
 _DEFAULTS = {"large_feature_map": False, "crop_size": 224, "resize_size": 256,
              "cam_layer": None, "head": None, "sigmoid_init": "clone", "frozen_mode": "eval",
-             "replay": "none", "dataset_name": None}
+             "replay": "none", "dataset_name": None, "recam": False, "head_bias": True}
 
 
 def _experiment_config(path: str) -> dict:
@@ -435,7 +447,15 @@ def model_from_checkpoint(path: str, given: dict[str, Any] | None = None
         branch = {SIGMOID_BRANCH, model.sigmoid_branch_name}
         settings["model_structure"] = ("b2" if any(k.split(".", 1)[0] in branch for k in state)
                                        else "vanilla")
+    head = model.head_name
+    if settings.get("head_bias") is False or (f"{head}.weight" in state
+                                             and f"{head}.bias" not in state):
+        settings["head_bias"] = False  # a bias-free head (ReCAM's)
+        model.drop_head_bias()
     if settings["model_structure"] == "b2":
         model.add_sigmoid_branch("clone")
+    if settings.get("recam") or any(k.startswith(_REACTIVATION + ".") for k in state):
+        settings["recam"] = True
+        model.add_reactivation_head()
     load_into_cam_model(model, path, checkpoint)
     return model.eval(), spec, settings

@@ -25,12 +25,14 @@ from torch.utils.data import DataLoader
 from wsol.architectures import LRRule
 from wsol.errors import UserError
 from wsol.method import SIGMOID_BRANCH, training_loss
+from wsol.recam import multi_hot, reactivation_loss
 from wsol.model import CAMModel
 from wsol.runtime.acceleration import Acceleration, autocast, to_device
 from wsol.runtime.progress import progress
 
 __all__ = ["OptimConfig", "ParamGroup", "parameter_groups", "build_optimizer",
            "build_scheduler", "decayed_lr", "lr_schedule", "train_one_epoch", "EpochProgress",
+           "recam_groups",
            "TrainingDiverged"]
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,9 @@ class OptimConfig:
     weight_decay: float = 1e-4
     lr_classifier_ratio: float = 10.0
     lr_decay_frequency: int = 3
+    nesterov: bool = True
+    schedule: str = "step"      # "step" (the method's) or "poly" (ReCAM's, per step)
+    poly_power: float = 0.9
 
 
 @dataclass
@@ -80,12 +85,27 @@ def parameter_groups(model: CAMModel, cfg: OptimConfig, rule: LRRule | None) -> 
     return groups
 
 
-def build_optimizer(model: CAMModel, cfg: OptimConfig,
-                    rule: LRRule | None = None) -> torch.optim.Optimizer:
-    """SGD Nesterov over :func:`parameter_groups`."""
-    groups = [{"params": g.params, "lr": g.lr} for g in parameter_groups(model, cfg, rule)]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay, nesterov=True)
+def recam_groups(model: CAMModel, cfg: OptimConfig) -> list[ParamGroup]:
+    """ReCAM's groups when everything trains: the re-activation head at
+    ``lr``, everything else (backbone and BCE head) at ``0.1 lr``."""
+    rest = ParamGroup([], [], cfg.lr * 0.1, False)
+    head = ParamGroup([], [], cfg.lr, True)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            group = head if name.startswith("fc_re.") else rest
+            group.names.append(model.public_name(name))
+            group.params.append(p)
+    return [g for g in (rest, head) if g.params]
+
+
+def build_optimizer(model: CAMModel, cfg: OptimConfig, rule: LRRule | None = None,
+                    groups: list[ParamGroup] | None = None) -> torch.optim.Optimizer:
+    """SGD (Nesterov unless ``cfg.nesterov`` is off) over
+    :func:`parameter_groups` (or the given ``groups``)."""
+    groups = groups if groups is not None else parameter_groups(model, cfg, rule)
+    return torch.optim.SGD([{"params": g.params, "lr": g.lr} for g in groups], lr=cfg.lr,
+                           momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
 def decayed_lr(base: float, epoch: int, frequency: int) -> float:
@@ -109,8 +129,21 @@ class _StepDecayBeforeEpoch(torch.optim.lr_scheduler.LRScheduler):
         return [decayed_lr(base, self.last_epoch + 1, self.frequency) for base in self.base_lrs]
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig):
-    return _StepDecayBeforeEpoch(optimizer, cfg.lr_decay_frequency)
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
+                    total_steps: int = 0):
+    """The epoch-level step decay, or ReCAM's poly schedule stepped after
+    every optimisation step: ``lr x (1 - step / total_steps) ** power``
+    (its ``per_step`` attribute says which)."""
+    if cfg.schedule == "poly":
+        if total_steps < 1:
+            raise ValueError("the poly schedule needs the number of training steps")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: (1.0 - min(step, total_steps) / total_steps) ** cfg.poly_power)
+        scheduler.per_step = True
+        return scheduler
+    scheduler = _StepDecayBeforeEpoch(optimizer, cfg.lr_decay_frequency)
+    scheduler.per_step = False
+    return scheduler
 
 
 def _prefixes(names: list[str], all_names: list[str]) -> list[str]:
@@ -131,17 +164,24 @@ def _prefixes(names: list[str], all_names: list[str]) -> list[str]:
 
 
 def lr_schedule(model: CAMModel, cfg: OptimConfig, rule: LRRule | None,
-                epochs: int) -> dict:
+                epochs: int, groups: list[ParamGroup] | None = None,
+                steps_per_epoch: int = 0) -> dict:
     """The effective schedule, ``{"groups": [{"params": [prefixes], "lr": [lr of
-    epoch 1, ...]}], "frozen": [prefixes]}`` (written as ``lr_schedule.json``)."""
+    epoch 1, ...]}], "frozen": [prefixes]}`` (written as ``lr_schedule.json``);
+    for the poly schedule the lr at the start of each epoch."""
     all_names = [model.public_name(n) for n, _ in model.named_parameters()]
-    groups = parameter_groups(model, cfg, rule)
+    groups = groups if groups is not None else parameter_groups(model, cfg, rule)
     trained = {n for g in groups for n in g.names}
     frozen = [n for n in all_names if n not in trained]
+    total = steps_per_epoch * epochs
+
+    def lr(base: float, epoch: int) -> float:
+        if cfg.schedule == "poly":
+            return base * (1.0 - (epoch - 1) * steps_per_epoch / max(total, 1)) ** cfg.poly_power
+        return decayed_lr(base, epoch, cfg.lr_decay_frequency)
     return {"groups": [{"params": _prefixes(g.names, all_names),
-                        "lr": [decayed_lr(g.lr, e, cfg.lr_decay_frequency)
-                               for e in range(1, epochs + 1)]} for g in groups],
-            "frozen": _prefixes(frozen, all_names)}
+                        "lr": [lr(g.lr, e) for e in range(1, epochs + 1)]} for g in groups],
+            "frozen": _prefixes(frozen, all_names), "schedule": cfg.schedule}
 
 
 @dataclass
@@ -167,7 +207,9 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
                     forward: torch.nn.Module | None = None,
                     accel: Acceleration = Acceleration(),
                     start: EpochProgress | None = None,
-                    stop: Callable[[], bool] | None = None
+                    stop: Callable[[], bool] | None = None,
+                    recam_weight: float | None = None,
+                    step_scheduler: Callable[[], None] | None = None
                     ) -> tuple[dict[str, float] | None, EpochProgress]:
     """One pass over ``loader`` with :func:`wsol.method.training_loss`.
 
@@ -186,11 +228,16 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
     statistics (None when stopped early) and its progress.  A NaN or infinite
     loss raises :class:`TrainingDiverged` naming the batch and the
     non-finite weights.
+
+    ``recam_weight``: add ReCAM's SCE term (:func:`wsol.recam.reactivation_loss`)
+    times this weight; the model needs its re-activation head.
+    ``step_scheduler``: called after every optimisation step (a per-step
+    learning-rate schedule, e.g. ReCAM's poly).  Multi-label labels
+    (multi-hot [B, C]) count a hit when the top class is one of the image's.
     """
     forward = forward or model
     model.train()
     dual = model.is_dual
-    joint = dual and not model._only_branch_trains
     start = start or EpochProgress()
     total_loss = torch.full((), start.loss_sum, device=device, dtype=torch.float64)
     correct = torch.full((), start.correct, device=device, dtype=torch.long)
@@ -198,28 +245,18 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
     seen = start.seen
     batch = start.batches
     stopped = False
-    for images, labels, _ in progress(loader, f"epoch {epoch}", show_progress):
-        batch += 1
-        if labels.numel() == 0:  # every image of the batch was unreadable and skipped
-            continue
-        images = to_device(images, device, accel)
-        labels = labels.to(device, non_blocking=True)
-        with autocast(device, accel):
-            out = forward(images)
-        scores = out["logits_sigmoid"] if dual else out["logits"]
-        loss = training_loss(out, labels, joint)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss = loss.detach()
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss),
-                                torch.full_like(first_bad, batch), first_bad)
-        total_loss += loss.double() * labels.shape[0]
-        correct += (scores.detach().argmax(1) == labels).sum()
-        seen += labels.shape[0]
-        if stop is not None and stop():
-            stopped = True
-            break
+    captured: dict[str, torch.Tensor] = {}
+    hook = None
+    if recam_weight is not None:
+        hook = model.feature_module.register_forward_hook(
+            lambda module, inputs, output: captured.__setitem__("A", output))
+    try:
+        batch, seen, stopped = _epoch_steps(
+            model, loader, optimizer, device, epoch, show_progress, forward, accel, stop,
+            recam_weight, step_scheduler, captured, total_loss, correct, first_bad, batch, seen)
+    finally:
+        if hook is not None:
+            hook.remove()
     bad_batch = int(first_bad)
     if bad_batch >= 0:
         broken = [model.public_name(n) for n, p in model.named_parameters()
@@ -238,3 +275,46 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
     log.info("epoch %d: loss %.4f, train top-1 %.2f%% (%s branch)", epoch, stats["loss"],
              stats["train_top1"], "sigmoid" if dual else "softmax")
     return stats, done
+
+
+def _epoch_steps(model, loader, optimizer, device, epoch, show_progress, forward, accel,
+                 stop, recam_weight, step_scheduler, captured, total_loss, correct,
+                 first_bad, batch, seen) -> tuple[int, int, bool]:
+    """The optimisation steps of :func:`train_one_epoch` (its sums are updated
+    in place); returns (batches done, images seen, stopped early)."""
+    dual = model.is_dual
+    joint = dual and not model._only_branch_trains
+    for images, labels, _ in progress(loader, f"epoch {epoch}", show_progress):
+        batch += 1
+        if labels.numel() == 0:  # every image of the batch was unreadable and skipped
+            continue
+        images = to_device(images, device, accel)
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, accel):
+            out = forward(images)
+        scores = out["logits_sigmoid"] if dual else out["logits"]
+        loss = training_loss(out, labels, joint)
+        if recam_weight is not None:
+            features = model.resolve_layout(captured["A"].shape,
+                                            images.shape[-2:]).to_nchw(captured["A"])
+            loss = loss + recam_weight * reactivation_loss(
+                features.float(), model.mask_weights(detach=False), model.fc_re.weight,
+                multi_hot(labels, model.num_classes))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step_scheduler is not None:
+            step_scheduler()
+        loss = loss.detach()
+        first_bad.copy_(torch.where((first_bad < 0) & ~torch.isfinite(loss),
+                                    torch.full_like(first_bad, batch), first_bad))
+        total_loss += loss.double() * labels.shape[0]
+        top = scores.detach().argmax(1)
+        if labels.dim() == 2:  # multi-label: the top class is one of the image's
+            correct += labels.gather(1, top[:, None]).gt(0).sum()
+        else:
+            correct += (top == labels).sum()
+        seen += labels.shape[0]
+        if stop is not None and stop():
+            return batch, seen, True
+    return batch, seen, False
