@@ -30,3 +30,12 @@ def copy_as_dataset(source_root, target_root, name: str) -> None:
             os.replace(masks, dst / "localization.txt")
         elif masks.exists() and name != "SYNTH":
             masks.unlink()
+
+
+def synth_argv(root, name: str, *extra: str) -> list[str]:
+    """main.py flags of a small run on the tiny SYNTH copied under ``root``
+    (later flags in ``extra`` win)."""
+    return ["--experiment_name", name, "--dataset_name", "SYNTH", "--architecture", "resnet18",
+            "--data_root", str(root / "dataset"), "--metadata_root", str(root / "metadata"),
+            "--root", str(root / "train_log"), "--batch_size", "8", "--workers", "0",
+            "--cam_curve_interval", "0.01", *extra]

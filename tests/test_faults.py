@@ -21,7 +21,7 @@ from PIL import Image
 
 import config
 import main
-from tests.conftest import copy_as_dataset
+from tests.conftest import copy_as_dataset, synth_argv
 from wsol.data.device_decode import exif_orientation, upright
 from wsol.data.images import open_rgb
 from wsol.runtime.checkpoint import CheckpointError, load_checkpoint_file
@@ -38,11 +38,9 @@ def workspace(tiny_synth_root, tmp_path):
 
 
 def argv(root, name, *extra, workers="0"):
-    return ["--experiment_name", name, "--dataset_name", "SYNTH", "--architecture", "resnet18",
-            "--data_root", str(root / "dataset"), "--metadata_root", str(root / "metadata"),
-            "--log_root", str(root / "train_log"), "--resize_size", "40", "--crop_size", "32",
-            "--batch_size", "8", "--workers", workers, "--cam_curve_interval", "0.01",
-            "--method", "cam", "--lr", "0.05", "--lr_decay_frequency", "1", *extra]
+    return synth_argv(root, name, "--resize_size", "40", "--crop_size", "32", "--workers",
+                      workers, "--method", "cam", "--lr", "0.05", "--lr_decay_frequency", "1",
+                      *extra)
 
 
 def drive(root, args, fault=None, timeout=300):

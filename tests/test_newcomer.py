@@ -18,7 +18,7 @@ import torch
 
 import config
 import main
-from tests.conftest import copy_as_dataset
+from tests.conftest import copy_as_dataset, synth_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,10 +31,7 @@ def workspace(tiny_synth_root, tmp_path_factory):
 
 
 def argv(root, name, *extra):
-    return ["--experiment_name", name, "--dataset_name", "SYNTH", "--architecture", "resnet18",
-            "--data_root", str(root / "dataset"), "--metadata_root", str(root / "metadata"),
-            "--root", str(root / "runs"), "--batch_size", "8", "--workers", "0",
-            "--cam_curve_interval", "0.01", *extra]
+    return synth_argv(root, name, "--root", str(root / "runs"), *extra)
 
 
 def test_eval_only_rebuilds_the_model_and_sizes_from_the_checkpoint(workspace, capsys):

@@ -10,7 +10,7 @@ import torch
 
 import config
 import main
-from tests.conftest import copy_as_dataset
+from tests.conftest import copy_as_dataset, synth_argv
 from wsol.runtime.checkpoint import load_checkpoint_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,11 +23,8 @@ def workspace(tiny_synth_root, tmp_path):
 
 
 def tiny_argv(root, name, *extra):
-    return ["--experiment_name", name, "--dataset_name", "SYNTH", "--architecture", "resnet18",
-            "--data_root", str(root / "dataset"), "--metadata_root", str(root / "metadata"),
-            "--log_root", str(root / "train_log"), "--resize_size", "40", "--crop_size", "32",
-            "--batch_size", "8", "--workers", "0", "--cam_curve_interval", "0.01",
-            "--method", "cam", "--lr", "0.05", *extra]
+    return synth_argv(root, name, "--resize_size", "40", "--crop_size", "32", "--method", "cam",
+                      "--lr", "0.05", *extra)
 
 
 def test_resume_reaches_the_same_weights_bit_for_bit(workspace):

@@ -60,17 +60,14 @@ def training_loss(outputs: dict[str, torch.Tensor | None], labels: torch.Tensor,
     holds, so there is no class balancing).  In float32."""
     if labels.dim() == 2:
         from wsol.recam import multilabel_bce
-        if outputs["logits_sigmoid"] is None:
-            return multilabel_bce(outputs["logits"].float(), labels)
-        loss = multilabel_bce(outputs["logits_sigmoid"].float(), labels)
-        if joint:
-            loss = loss + multilabel_bce(outputs["logits"].float(), labels)
-        return loss
+        head_loss = branch_loss = multilabel_bce
+    else:
+        head_loss, branch_loss = softmax_cross_entropy, class_balanced_bce
     if outputs["logits_sigmoid"] is None:
-        return softmax_cross_entropy(outputs["logits"].float(), labels)
-    loss = class_balanced_bce(outputs["logits_sigmoid"].float(), labels)
+        return head_loss(outputs["logits"].float(), labels)
+    loss = branch_loss(outputs["logits_sigmoid"].float(), labels)
     if joint:
-        loss = loss + softmax_cross_entropy(outputs["logits"].float(), labels)
+        loss = loss + head_loss(outputs["logits"].float(), labels)
     return loss
 
 
