@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from config import DATASET_NUM_CLASSES, SEGMENTATION_DATASETS, str2bool
+from config import build_parser as build_main_parser
 from wsol.data.metadata import (GroundTruth, MetadataError, configure_metadata,
                                 get_class_labels, get_image_ids)
 from wsol.errors import UserError
@@ -156,37 +157,43 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score saved maps (.npy) with the wsolevaluation metrics and print the "
                     "table main.py prints, with main.py's defaults.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # Shared flags take main.py's defaults from its parser, so the two commands cannot drift.
+    main_default = build_main_parser().get_default
     p.add_argument("--scoremap_root", default=None,
                    help="a folder of <image_id>.npy maps, or of <method>_<branch>/ folders of "
                         "them (default: <root>/<experiment_name>/scoremaps/<split>, where "
                         "main.py --save_scoremaps writes)")
-    p.add_argument("--root", "--log_root", dest="root", default="train_log",
+    p.add_argument("--root", "--log_root", dest="root", default=main_default("root"),
                    help="experiment root, as main.py's")
-    p.add_argument("--experiment_name", default="test_case", help="as main.py's")
-    p.add_argument("--metadata_root", default="metadata/",
+    p.add_argument("--experiment_name", default=main_default("experiment_name"),
+                   help="as main.py's")
+    p.add_argument("--metadata_root", default=main_default("metadata_root"),
                    help="metadata of dataset D is under <metadata_root>/D/<split>")
     p.add_argument("--mask_root", default="dataset/",
                    help="masks of dataset D are under <mask_root>/D")
-    p.add_argument("--dataset_name", required=True, help="CUB, ILSVRC, OpenImages, CARS, SYNTH, VOC2012, SYNTH_ML")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"),
+    p.add_argument("--dataset_name", required=True,
+                   help="CUB, ILSVRC, OpenImages, CARS, SYNTH, VOC2012, SYNTH_ML")
+    p.add_argument("--split", default=main_default("split"), choices=("train", "val", "test"),
                    help="train: VOC2012's seed evaluation images")
-    p.add_argument("--cam_curve_interval", type=float, default=0.001,
+    p.add_argument("--cam_curve_interval", type=float, default=main_default("cam_curve_interval"),
                    help="threshold step (wsolevaluation's main.py default; its evaluation.py "
                         "command used 0.01)")
-    p.add_argument("--multi_contour_eval", type=str2bool, nargs="?", const=True, default=True,
+    p.add_argument("--multi_contour_eval", type=str2bool, nargs="?", const=True,
+                   default=main_default("multi_contour_eval"),
                    help="the box column is MaxBoxAccV2 (all contours) when TRUE, MaxBoxAcc "
                         "(largest contour, IoU 50) when FALSE")
-    p.add_argument("--iou_threshold_list", nargs="+", type=int, default=[30, 50, 70])
-    p.add_argument("--loc_threshold", type=float, default=0.2,
+    p.add_argument("--iou_threshold_list", nargs="+", type=int,
+                   default=main_default("iou_threshold_list"))
+    p.add_argument("--loc_threshold", type=float, default=main_default("loc_threshold"),
                    help="CAM threshold of GT-known Loc and Top-1 Loc")
     p.add_argument("--first_box_only", action="store_true",
                    help="GT-known/Top-1 Loc against the first GT box (the public code's)")
-    p.add_argument("--threshold_list", default="wsolevaluation",
+    p.add_argument("--threshold_list", default=main_default("threshold_list"),
                    choices=("wsolevaluation", "public_code"))
     p.add_argument("--metric", choices=("auto", "box", "mask", "both"), default="auto")
-    p.add_argument("--box_threads", type=int, default=0,
+    p.add_argument("--box_threads", type=int, default=main_default("box_threads"),
                    help="threads scoring the box metrics (0: one per core)")
-    p.add_argument("--seed_threshold", type=float, default=0.21,
+    p.add_argument("--seed_threshold", type=float, default=main_default("seed_threshold"),
                    help="VOC2012 / SYNTH_ML seed mIoU: the background score (a sweep in steps "
                         "of 0.01 is reported beside it)")
     p.add_argument("--output_json", default=None,
