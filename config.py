@@ -12,6 +12,7 @@ flag's help says so.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import shutil
@@ -19,26 +20,35 @@ import sys
 from typing import Sequence
 
 from wsol.architectures import architecture_names, get_spec, network_for
+from wsol.data.datasets import DATASETS
 from wsol.errors import UserError
 from wsol.cams import CAM_METHODS, CAMMethod, ScoreCAM, SmoothGradCAMPlusPlus, parse_methods
 from wsol.model import FROZEN_MODES
 from wsol.replay import REPLAYS, RunChoices, resolve_choices
+from wsol.seeds import SEED_RESIZES
+from wsol.runtime.checkpoint import RECOGNISED
 from wsol.runtime.lock import FolderLock
 from wsol.results import run_record, write_json
 
 __all__ = ["DATASET_NUM_CLASSES", "SEGMENTATION_DATASETS", "get_configs", "build_parser", "configure_log_folder",
            "ConfigError", "str2bool", "explicit_flags", "checkpoint_path", "cam_methods"]
 
-DATASET_NUM_CLASSES = {"CUB": 200, "ILSVRC": 1000, "OpenImages": 100, "CARS": 196, "SYNTH": 10,
-                       "VOC2012": 20, "SYNTH_ML": 8}
-# Several classes per image (class_labels.txt lists each), scored by seed mIoU
-# against class-index masks (segmentation.txt; wsol.metrics.segmentation).
-SEGMENTATION_DATASETS = ("VOC2012", "SYNTH_ML")
-# The split each dataset trains on (VOC: SBD's train_aug; seeds are scored on train).
-TRAIN_SPLITS = {"VOC2012": "train_aug"}
-# Datasets scored with boxes, with masks (PxAP), or both.
-BOX_DATASETS = ("CUB", "ILSVRC", "CARS", "SYNTH")
-MASK_DATASETS = ("OpenImages", "SYNTH")
+# Views of the dataset table (wsol.data.datasets).
+DATASET_NUM_CLASSES = {name: d.num_classes for name, d in DATASETS.items()}
+SEGMENTATION_DATASETS = tuple(name for name, d in DATASETS.items() if d.multi_label)
+BOX_DATASETS = tuple(name for name, d in DATASETS.items() if d.boxes)
+MASK_DATASETS = tuple(name for name, d in DATASETS.items() if d.masks)
+# Flags that mean something only for some of a dataset's scores (SCORES): one
+# given for a dataset scored otherwise is refused, naming what it is scored with.
+_FLAG_SCORES = {
+    **dict.fromkeys(("iou_threshold_list", "loc_threshold", "multi_contour_eval",
+                     "first_box_only", "box_threads"), ("boxes",)),
+    **dict.fromkeys(("cam_curve_interval", "threshold_list", "map_style", "fidelity",
+                     "fidelity_steps", "fidelity_protocol", "save_overlays", "plots"),
+                    ("boxes", "masks")),
+    **dict.fromkeys(("tta_scales", "seed_threshold", "seed_resize"), ("seeds",)),
+}
+_SCORE_WORDS = {"boxes": "boxes", "masks": "masks (PxAP)", "seeds": "segmentation seeds (seed mIoU)"}
 MODEL_STRUCTURES = ("vanilla", "b2")
 NETWORK_TYPES = ("auto", "cam", "gradcam")
 
@@ -55,6 +65,16 @@ def str2bool(value: str) -> bool:
     if value.lower() in ("no", "false", "f", "n", "0", "off"):
         return False
     raise argparse.ArgumentTypeError(f"boolean value expected, got {value!r}")
+
+
+def _check_flags_apply(dataset, given: set[str]) -> None:
+    """A flag given for a dataset whose maps it does not score is an error
+    (it would be silently ignored)."""
+    for dest in sorted(given & set(_FLAG_SCORES)):
+        if not set(_FLAG_SCORES[dest]) & set(dataset.scores):
+            scored = " and ".join(_SCORE_WORDS[s] for s in dataset.scores)
+            raise ConfigError(f"--{dest} does not apply to {dataset.name}, whose maps are scored "
+                              f"as {scored}: drop it")
 
 
 def _default_workers() -> int:
@@ -172,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="public_code: every choice of the method's public code at once "
                         "(random branch init, --frozen_mode public_code, bilinear gradient "
                         "maps, --first_box_only, its threshold list and fidelity, seed 42); "
-                        "flags given explicitly still win")
+                        "recam: ReCAM's code's (--seed_resize recam); flags given explicitly "
+                        "still win")
 
     g = p.add_argument_group("training")
     g.add_argument("--epochs", "--epoch", dest="epochs", type=int, default=10,
@@ -322,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tta_scales", default="",
                    help="seed maps: comma-separated scales, each with a flipped copy (ReCAM: "
                         "1.0,0.5,1.5,2.0); default: the image as it is")
+    g.add_argument("--seed_resize", default="image", choices=SEED_RESIZES,
+                   help="seed maps: image resizes each scale's maps straight to the image; "
+                        "recam as ReCAM's code (PIL-style image rescaling, maps resized to the "
+                        "output-stride grid and cropped; --replay recam sets it)")
     g.add_argument("--seed_threshold", type=float, default=0.21,
                    help="seed mIoU: the background score (ReCAM: 0.21 VOC, 0.15 COCO); a sweep "
                         "in steps of 0.01 is reported beside it")
@@ -340,16 +365,21 @@ def build_parser() -> argparse.ArgumentParser:
 _CHOICE_FLAGS = {"sigmoid_init": "sigmoid_init", "frozen_mode": "frozen_mode",
                  "map_style": "map_style", "first_box_only": "first_box_only",
                  "threshold_list": "threshold_list", "fidelity_protocol": "fidelity",
-                 "seed": "seed"}
+                 "seed": "seed", "seed_resize": "seed_resize"}
 
 
-def explicit_flags(argv: Sequence[str]) -> set[str]:
-    """The destinations of the flags given on the command line."""
-    parser = build_parser()
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The destinations of the flags of ``parser`` given on the command line."""
+    parser = copy.deepcopy(parser)
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     namespace, _ = parser.parse_known_args(list(argv))
     return set(vars(namespace))
+
+
+def explicit_flags(argv: Sequence[str]) -> set[str]:
+    """The destinations of main.py's flags given on the command line."""
+    return given_flags(build_parser(), argv)
 
 
 def finalize(args: argparse.Namespace, given: set[str] | None = None) -> argparse.Namespace:
@@ -375,8 +405,11 @@ def finalize(args: argparse.Namespace, given: set[str] | None = None) -> argpars
         network_type = "cam" if "cam" in args.methods else "gradcam"
     args.network = network_for(args.architecture, network_type)
     args.log_folder = os.path.join(args.root, args.experiment_name)
+    args.notes = []  # lines for the log, once it is set up
     if args.eval_only:
         _adopt_recorded_settings(args, given)
+    elif args.ft_ckpt and "network_type" not in given:
+        _recognise_start_checkpoint(args)
     args.choices = resolve_choices(args.replay, **{
         field: getattr(args, dest) for dest, field in _CHOICE_FLAGS.items() if dest in given})
     args.sigmoid_init = args.choices.sigmoid_init
@@ -386,6 +419,7 @@ def finalize(args: argparse.Namespace, given: set[str] | None = None) -> argpars
     args.threshold_list = args.choices.threshold_list
     args.fidelity_protocol = args.choices.fidelity
     args.seed = args.choices.seed
+    args.seed_resize = args.choices.seed_resize
     try:
         get_spec(args.network, args.crop_size)
     except ValueError as error:
@@ -407,8 +441,10 @@ def finalize(args: argparse.Namespace, given: set[str] | None = None) -> argpars
         if "recam" in args.cam_branches and not args.recam:
             raise ConfigError("--cam_branch recam needs the re-activation head: add --recam "
                               "(training) or evaluate a checkpoint trained with it")
-    args.segmentation = args.dataset_name in SEGMENTATION_DATASETS
-    args.train_split = args.train_split or TRAIN_SPLITS.get(args.dataset_name, "train")
+    dataset = DATASETS[args.dataset_name]
+    args.segmentation = dataset.multi_label
+    args.train_split = args.train_split or dataset.train_split
+    _check_flags_apply(dataset, given)
     if args.split == "train" and not args.segmentation:
         raise ConfigError("--split train is for the seed evaluation of VOC2012 / SYNTH_ML; "
                           "WSOL datasets are scored on val or test")
@@ -493,6 +529,26 @@ def _adopt_recorded_settings(args: argparse.Namespace, given: set[str]) -> None:
     if "architecture" in recorded:
         args.network = recorded["architecture"]
         args.architecture = network_for(args.network, "cam")
+    if RECOGNISED in recorded:
+        args.notes.append(recorded[RECOGNISED])
+
+
+def _recognise_start_checkpoint(args: argparse.Namespace) -> None:
+    """--ft_ckpt of the other network of the backbone that --network_type auto
+    picked from --method (the public code's checkpoints name only the
+    backbone): the network the checkpoint's weights belong to, with a note."""
+    from wsol.architectures import recognise_network
+    from wsol.runtime.checkpoint import CheckpointError, peek_checkpoint
+    try:
+        state = peek_checkpoint(args.ft_ckpt)["state_dict"]
+    except CheckpointError:
+        return  # reported when the checkpoint is loaded
+    found, reason = recognise_network(args.network, state)
+    if reason:
+        args.notes.append(f"--ft_ckpt {args.ft_ckpt}: {reason}; training {found}, not the "
+                          f"{args.network} that --method {args.method} picks (--network_type "
+                          f"chooses explicitly)")
+        args.network = found
 
 
 def get_configs(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from config import DATASET_NUM_CLASSES, SEGMENTATION_DATASETS, str2bool
+from config import DATASET_NUM_CLASSES, SEGMENTATION_DATASETS, given_flags, str2bool
 from config import build_parser as build_main_parser
 from wsol.data.metadata import (GroundTruth, MetadataError, configure_metadata,
                                 get_class_labels, get_image_ids)
@@ -46,7 +46,8 @@ from wsol.protocol import (calculate_multiple_iou, check_box_convention,
                            check_scoremap_validity, compute_bboxes_from_scoremaps, get_mask,
                            load_mask_image, make_threshold_list, normalize_maps,
                            normalize_scoremap, resize_bbox)
-from wsol.results import format_table, read_json, write_json
+from wsol.results import branch_row, format_table, write_json
+from wsol.saved_maps import RECORD, SCORED_SETTINGS, adopt_settings, describe_settings, read_record
 
 __all__ = ["make_threshold_list", "check_scoremap_validity", "check_box_convention",
            "calculate_multiple_iou", "resize_bbox", "compute_bboxes_from_scoremaps",
@@ -65,7 +66,7 @@ class ReferenceBoxEvaluator(BoxEvaluator):
         super().__init__(*args, scorer="reference", **kwargs)
 
 
-SCOREMAP_RECORD = "run.json"  # beside main.py's saved maps
+SCOREMAP_RECORD = RECORD  # beside main.py's saved maps (wsol.saved_maps)
 
 
 def _load_scoremap(folder: str, image_id: str) -> np.ndarray:
@@ -231,7 +232,9 @@ def evaluate_seeds(folder: str, metadata_root: str, mask_root: str, dataset_name
     return evaluator.summary()
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, explicit: set[str] = frozenset()) -> dict:
+    """Score the saved maps; ``explicit``: the flags given on the command line
+    (they must agree with the run's record, which replaces the defaults)."""
     if args.box_threads < 0:
         raise UserError(f"--box_threads must be >= 0 (0: one per core), got {args.box_threads}")
     root = args.scoremap_root or os.path.join(args.root, args.experiment_name, "scoremaps",
@@ -239,21 +242,28 @@ def run(args: argparse.Namespace) -> dict:
     if not os.path.isdir(root):
         raise MetadataError(f"no saved maps in {root}: pass --scoremap_root, or run main.py "
                             f"--save_scoremaps for that experiment and split")
-    if args.dataset_name in SEGMENTATION_DATASETS:
+    record = read_record(root)
+    used = adopt_settings({k: getattr(args, k) for k in SCORED_SETTINGS}, explicit, record)
+    for key, value in used.items():
+        setattr(args, key, value)
+    rules = record.clamp_rules if record is not None else {}
+    segmentation = args.dataset_name in SEGMENTATION_DATASETS
+    keys = ("seed_threshold",) if segmentation else SCORED_SETTINGS[:-1]
+    results = {"scoremap_root": root, "settings": {k: used[k] for k in keys},
+               "settings_note": describe_settings(used, keys, record)}
+    if segmentation:
         rows = []
         for (method, branch), folder in _pair_folders(root).items():
-            row = {"method": method, "branch": branch, "clamp": branch == "sigmoid"}
+            row = branch_row(method, branch, rules.get(branch, "none"))
             row.update(evaluate_seeds(folder, args.metadata_root, args.mask_root,
                                       args.dataset_name, args.split,
                                       DATASET_NUM_CLASSES[args.dataset_name],
                                       args.seed_threshold))
             rows.append(row)
-        return {"classification": {"Top-1 Cls": None}, "rows": rows, "scoremap_root": root}
-    record = read_json(os.path.join(root, SCOREMAP_RECORD)) \
-        if os.path.isfile(os.path.join(root, SCOREMAP_RECORD)) else {}
+        return {"classification": {"Top-1 Cls": None}, "rows": rows, **results}
     metadata = configure_metadata(os.path.join(args.metadata_root, args.dataset_name,
                                                args.split))
-    predictions = record.get("predictions")
+    predictions = record.predictions if record is not None else None
     corrects = None
     classification = {"Top-1 Cls": None}
     if predictions:
@@ -267,23 +277,25 @@ def run(args: argparse.Namespace) -> dict:
             args.multi_contour_eval, args.iou_threshold_list, args.cam_curve_interval,
             args.metric, args.loc_threshold, args.first_box_only, args.threshold_list,
             corrects, args.box_threads)
-        row = {"method": method, "branch": branch,
-               "clamp": bool(record.get("clamp", True)) and branch == "sigmoid"}
+        row = branch_row(method, branch, rules.get(branch, "none"))
         row.update(summary.get("box", {}))
         if "mask" in summary:
             row["PxAP"] = summary["mask"]["PxAP"]
         rows.append(row)
-    return {"classification": classification, "rows": rows, "scoremap_root": root}
+    return {"classification": classification, "rows": rows, **results}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        results = run(args)
+        results = run(args, given_flags(parser, argv))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_table(results, "MaxBoxAccV2" if args.multi_contour_eval else "MaxBoxAcc"))
+    print(results["settings_note"])
     if results["classification"]["Top-1 Cls"] is None and \
             args.dataset_name not in SEGMENTATION_DATASETS:
         print(f"(Top-1 Cls and Top-1 Loc need the classifier's predictions, which main.py "

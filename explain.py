@@ -30,9 +30,10 @@ from wsol.architectures import architecture_names
 from wsol.cams import CAMMethod, compute_cams_per_branch, evaluation_maps, parse_methods
 from wsol.errors import UserError
 from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
-from wsol.runtime.checkpoint import model_from_checkpoint
+from wsol.runtime.checkpoint import RECOGNISED, model_from_checkpoint
 from wsol.runtime.seeding import resolve_device
-from wsol.visualize import (BRANCH_LABELS, PRED_COLOR, add_caption, blend, class_names_for,
+from wsol.branches import branch_title
+from wsol.visualize import (PRED_COLOR, add_caption, blend, class_names_for,
                             draw_boxes, predicted_box, save_png)
 
 __all__ = ["build_parser", "load_model", "explain_image", "main"]
@@ -94,6 +95,8 @@ def load_model(args) -> tuple[object, dict]:
     given = {"architecture": args.architecture, "num_classes": args.num_classes,
              "large_feature_map": args.large_feature_map, "crop_size": args.crop_size}
     model, spec, settings = model_from_checkpoint(args.ckpt, given)
+    if settings.get(RECOGNISED):
+        print(f"note: {settings[RECOGNISED]}", file=sys.stderr)
     settings["mean"], settings["std"] = spec.mean, spec.std
     settings["dataset_name"] = args.dataset_name or settings.get("dataset_name")
     return model, settings
@@ -181,7 +184,7 @@ def render_explanation(image, result: dict, names: Sequence[str], loc_threshold:
             score = f"sigmoid score {result['sigmoid'][target]:.2f}"
         elif branch == "softmax":
             score = f"softmax p {probabilities[target]:.2f}"
-        panels.append(add_caption(picture, [method, BRANCH_LABELS.get(branch, branch), score]))
+        panels.append(add_caption(picture, [method, branch_title(branch), score]))
     height = max(p.shape[0] for p in panels)
     panels = [np.pad(p, ((0, height - p.shape[0]), (0, 4), (0, 0)), constant_values=255)
               for p in panels]

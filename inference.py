@@ -25,25 +25,23 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from wsol.cams import (CAMMethod, compute_cams_for_target_sets, compute_cams_per_branch,
-                       evaluation_maps, normalize_maps)
+from wsol.cams import CAMMethod, compute_cams_per_branch, evaluation_maps, normalize_maps
 from wsol.data.metadata import GroundTruth, configure_metadata
 from wsol.metrics import BoxEvaluator, FidelityEvaluator, MaskEvaluator, SegmentationEvaluator
-from wsol.method import clamps
+from wsol.branches import branch_rule, clamp_rule
 from wsol.metrics.fidelity import insertion_deletion_auc, masked_images
 from wsol.model import CAMModel
 from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD, make_threshold_list, quantise_maps
-from wsol.results import write_json
+from wsol.results import branch_row
+from wsol.saved_maps import write_record
+from wsol.seeds import SeedPass, seed_pass
 from wsol.runtime.acceleration import Acceleration, autocast, to_device
 from wsol.runtime.distributed import DistContext, all_reduce_sum, reduce_state
 from wsol.runtime.progress import progress
 
-__all__ = ["EvalSettings", "CAMComputer", "DeviceHandOff", "SeedComputer", "seed_maps"]
+__all__ = ["EvalSettings", "CAMComputer", "DeviceHandOff", "SeedComputer"]
 
 log = logging.getLogger(__name__)
-
-_BRANCH_KEYS = {"softmax": "logits", "sigmoid": "logits_sigmoid"}
-
 
 @dataclass
 class EvalSettings:
@@ -233,7 +231,7 @@ class CAMComputer:
                         else:
                             self._accumulate_fidelity(
                                 pair, images, fidelity_maps[branch][method], predicted,
-                                _branch_logits(first, branch), _BRANCH_KEYS[branch])
+                                first.branch_logits(branch), branch_rule(branch).logits_key)
                     if settings.scoremap_root:
                         self._save(maps[method], image_ids, method, branch)
             seen += labels.shape[0]
@@ -270,13 +268,13 @@ class CAMComputer:
         """``run.json`` beside the saved maps: what ``python evaluation.py``
         needs to print main.py's table from them (each rank its own images)."""
         s = self.settings
-        name = "run.json" if not self.dist.enabled else f"run.rank{self.dist.rank}.json"
-        write_json({"predictions": self.predictions, "clamp": s.clamp,
-                    "cam_curve_interval": s.cam_curve_interval,
-                    "iou_threshold_list": list(s.iou_threshold_list),
-                    "loc_threshold": s.loc_threshold, "first_box_only": s.first_box_only,
-                    "multi_contour_eval": s.multi_contour_eval,
-                    "threshold_list": s.threshold_list}, os.path.join(s.scoremap_root, name))
+        write_record(s.scoremap_root, {
+            "cam_curve_interval": s.cam_curve_interval,
+            "iou_threshold_list": s.iou_threshold_list, "loc_threshold": s.loc_threshold,
+            "first_box_only": s.first_box_only, "multi_contour_eval": s.multi_contour_eval,
+            "threshold_list": s.threshold_list}, self.predictions,
+            {b: self._clamp_rule(b) for b in s.branches},
+            self.dist.rank if self.dist.enabled else None)
 
     def _fidelity_maps(self, images, predicted, size) -> dict | None:
         """Table 1's fidelity (``fidelity_protocol="public_code"``) scores maps of
@@ -316,11 +314,13 @@ class CAMComputer:
                                              steps=self.settings.fidelity_steps)
                 self.fidelity[pair].accumulate_auc(auc["insertion"], auc["deletion"])
 
+    def _clamp_rule(self, branch: str) -> str:
+        return clamp_rule(branch, self.settings.clamp, self.model.recam_clamp)
+
     def _rows(self) -> list[dict]:
         rows = []
         for method, branch in self.pairs:
-            row = {"method": method, "branch": branch,
-                   "clamp": clamps(branch, self.settings.clamp)}
+            row = branch_row(method, branch, self._clamp_rule(branch))
             if (method, branch) in self.box:
                 row.update(self.box[(method, branch)].summary())
             if (method, branch) in self.mask:
@@ -333,62 +333,9 @@ class CAMComputer:
         return rows
 
 
-def _branch_logits(out, branch: str) -> torch.Tensor:
-    return out.logits if branch == "softmax" else out.logits_sigmoid
-
-
 # ---------------------------------------------------------------------------
 # Segmentation seeds (VOC2012, SYNTH_ML): ReCAM's protocol
 # ---------------------------------------------------------------------------
-SEED_EPS = 1e-5  # ReCAM's guard in the per-class max normalisation
-
-
-def seed_maps(model: CAMModel, image: torch.Tensor, classes: Sequence[int],
-              methods: Sequence[CAMMethod], branches: Sequence[str], scales: Sequence[float],
-              clamp: bool = True, accel: Acceleration = Acceleration()
-              ) -> dict[tuple[str, str], torch.Tensor]:
-    """Seed maps of one image ``[1, 3, H, W]`` for its ground-truth ``classes``
-    (ascending): ``{(method, branch): [K, H, W]}`` in [0, 1].
-
-    As ReCAM makes them: for every scale (an empty ``scales``: the image as it
-    is, no flip; otherwise each scale with a horizontally flipped copy) the
-    maps are ReLU'd, the flipped one flipped back, resized bilinearly to the
-    image and summed; each class's map is then divided by its maximum + 1e-5.
-    All classes of a pass share one forward (one backward per class and
-    branch for the gradient methods).  ReCAM resizes the *image* bicubically
-    with PIL and its maps to a multiple of its stride before cropping; here the
-    normalised tensor is resized bicubically and the maps straight to H x W,
-    which moves seed boundaries by at most a fraction of a feature cell.
-    """
-    height, width = image.shape[-2:]
-    passes = [(1.0, False)] if not scales else [(s, flip) for s in scales
-                                               for flip in (False, True)]
-    sums: dict[tuple[str, str], torch.Tensor] = {}
-    targets = torch.as_tensor(list(classes), device=image.device).view(-1, 1)
-    for scale in dict.fromkeys(s for s, _ in passes):
-        x = image if scale == 1.0 else torch.nn.functional.interpolate(
-            image, size=(max(1, round(height * scale)), max(1, round(width * scale))),
-            mode="bicubic", align_corners=False)
-        flips = [f for s, f in passes if s == scale]
-        batch = torch.cat([x.flip(-1) if f else x for f in flips])
-        with autocast(image.device, accel):
-            outputs = compute_cams_for_target_sets(
-                model, batch, targets.expand(-1, batch.shape[0]), methods, branches, clamp)
-        for branch, per_class in outputs.items():
-            for method in per_class[0].maps:
-                stacked = torch.stack([out.maps[method] for out in per_class])  # [K, n, h, w]
-                stacked = stacked.float().clamp_min(0)
-                for i, flipped in enumerate(flips):
-                    if flipped:
-                        stacked[:, i] = stacked[:, i].flip(-1)
-                resized = torch.nn.functional.interpolate(
-                    stacked.sum(1, keepdim=True), size=(height, width), mode="bilinear",
-                    align_corners=False)[:, 0]
-                key = (method, branch)
-                sums[key] = resized if key not in sums else sums[key] + resized
-    return {key: m / (m.amax((1, 2), keepdim=True) + SEED_EPS) for key, m in sums.items()}
-
-
 class SeedComputer:
     """One pass over a segmentation split (batch 1, images at their own size):
     seed maps of every method and branch for each image's ground-truth
@@ -397,9 +344,12 @@ class SeedComputer:
     def __init__(self, model: CAMModel, loader: DataLoader, metadata_root: str,
                  mask_root: str, dataset_name: str, split: str, settings: EvalSettings,
                  device: torch.device, num_classes: int, threshold: float,
-                 scales: Sequence[float], dist: DistContext = DistContext()):
+                 scales: Sequence[float], dist: DistContext = DistContext(),
+                 resize: str = "image"):
         self.model, self.loader, self.settings = model, loader, settings
         self.device, self.dist, self.scales = device, dist, tuple(scales)
+        self.threshold = threshold
+        self.resize = resize  # SEED_RESIZES
         metadata = configure_metadata(metadata_root)
         self.pairs = [(m.name, b) for b in settings.branches for m in settings.methods]
         self.evaluators = {pair: SegmentationEvaluator(metadata, dataset_name, split, mask_root,
@@ -416,11 +366,14 @@ class SeedComputer:
             for image, hot, image_id in zip(images, labels, image_ids):
                 image = to_device(image[None], self.device, s.accel)
                 classes = torch.nonzero(hot > 0)[:, 0].tolist()
-                maps = seed_maps(self.model, image, classes, s.methods, s.branches,
-                                 self.scales, s.clamp, s.accel) if classes else {}
-                with torch.no_grad(), autocast(self.device, s.accel):
-                    top = int(self.model(image)["logits"].argmax(1))
-                hits += int(hot[top] > 0)
+                done = seed_pass(self.model, image, classes, s.methods, s.branches,
+                                 self.scales, s.clamp, s.accel, self.resize,
+                                 s.normalization) if classes else SeedPass({}, None)
+                maps, logits = done.maps, done.logits
+                if logits is None:  # no pass of the image as it is
+                    with torch.no_grad(), autocast(self.device, s.accel):
+                        logits = self.model(image)["logits"]
+                hits += int(hot[int(logits.argmax(1))] > 0)
                 seen += 1
                 for pair, evaluator in self.evaluators.items():
                     found = maps.get(pair)
@@ -432,6 +385,10 @@ class SeedComputer:
                                             image_id + ".npz")
                         os.makedirs(os.path.dirname(path), exist_ok=True)
                         np.savez(path, maps=array, keys=np.asarray(classes, np.int64))
+        if s.scoremap_root:
+            write_record(s.scoremap_root, {"seed_threshold": self.threshold}, {},
+                         {b: clamp_rule(b, s.clamp, self.model.recam_clamp) for b in s.branches},
+                         self.dist.rank if self.dist.enabled else None)
         totals = all_reduce_sum(torch.tensor([hits, seen], device=self.device), self.dist)
         hits, seen = (int(v) for v in totals.tolist())
         for evaluator in self.evaluators.values():
@@ -440,9 +397,8 @@ class SeedComputer:
             raise ValueError("the evaluation loader yielded no images")
         rows = []
         for (method, branch), evaluator in self.evaluators.items():
-            row = {"method": method, "branch": branch,
-                   "clamp": (self.model.recam_clamp == "product" if branch == "recam"
-                             else clamps(branch, s.clamp))}
+            row = branch_row(method, branch, clamp_rule(branch, s.clamp,
+                                                        self.model.recam_clamp))
             row.update(evaluator.summary())
             rows.append(row)
         return {"classification": {"Top-1 Cls": 100.0 * hits / seen}, "num_images": seen,

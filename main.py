@@ -322,7 +322,8 @@ def evaluate(args, model: CAMModel, device: torch.device,
         from inference import SeedComputer
         computer = SeedComputer(model, loader, metadata_root, args.dataset_mask_root,
                                 args.dataset_name, args.split, settings, device,
-                                args.num_classes, args.seed_threshold, args.tta, ctx)
+                                args.num_classes, args.seed_threshold, args.tta, ctx,
+                                args.seed_resize)
     else:
         computer = CAMComputer(model, loader, metadata_root, args.dataset_mask_root,
                                args.dataset_name, args.split, settings, device, ctx)
@@ -345,6 +346,8 @@ def run(args) -> dict | None:
     try:
         if ctx.is_main:
             config.configure_logging(folder)
+            for note in args.notes:
+                log.info("%s", note)
             config.save_config(args, os.path.join(folder, "config.json" if not args.eval_only
                                                   else "config_eval.json"))
         else:

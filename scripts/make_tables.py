@@ -39,6 +39,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from wsol.replay import REPLAYS
+
 DATASET_ORDER = ("ILSVRC", "CUB", "OpenImages", "CARS", "SYNTH")
 DATASET_NAMES = {"ILSVRC": "ImageNet-1K (ILSVRC)", "CUB": "CUB-200-2011",
                  "OpenImages": "OpenImages30K", "CARS": "Stanford Cars", "SYNTH": "SYNTH"}
@@ -185,6 +187,7 @@ class TableRow:
     architecture: str
     method: str
     clamp: bool = True
+    protocol: str = ""        # the run's choices that are not the defaults (protocol_of)
     vanilla: Cell | None = None
     ours: Cell | None = None
     conflicts: list = field(default_factory=list)
@@ -192,7 +195,20 @@ class TableRow:
     @property
     def label(self) -> str:
         name = METHOD_NAMES.get(self.method, self.method)
-        return name if self.clamp else f"{name} (no clamp)"
+        name = name if self.clamp else f"{name} (no clamp)"
+        return f"{name} [{self.protocol}]" if self.protocol else name
+
+
+def protocol_of(results: dict) -> str:
+    """The protocol choices of a run (wsol.replay) as a label: the replay
+    switch and any choice set apart from it; '' for the defaults.  The seed
+    is not one (runs of several seeds measure one protocol)."""
+    replay = results.get("replay") or "none"
+    base = REPLAYS.get(replay, REPLAYS["none"]).as_dict()
+    choices = results.get("choices") or {}
+    changed = [f"{k} {v}" for k, v in sorted(choices.items())
+               if k in base and k != "seed" and v != base[k]]
+    return ", ".join(([] if replay == "none" else [f"replay {replay}"]) + changed)
 
 
 def find_result_files(paths: Iterable[str], split: str | None) -> list[str]:
@@ -236,21 +252,22 @@ def collect(files: Sequence[str], warn=print) -> list[TableRow]:
         dataset = results.get("dataset", "?")
         split = results.get("split", "?")
         architecture = results.get("architecture", "?")
+        protocol = protocol_of(results)
         softmax_rows = [r for r in results["rows"] if r.get("branch") == "softmax"]
         sigmoid_rows = [r for r in results["rows"] if r.get("branch") == "sigmoid"]
         for row in sigmoid_rows:
             clamp = bool(row.get("clamp", True))
-            key = (dataset, split, architecture, row.get("method"), clamp)
+            key = (dataset, split, architecture, row.get("method"), clamp, protocol)
             table_row = rows.setdefault(key, TableRow(*key))
             _put(table_row, "ours", Cell(_row_values(row, results), experiment, path, mtime))
         for row in softmax_rows:
-            key = (dataset, split, architecture, row.get("method"), True)
+            key = (dataset, split, architecture, row.get("method"), True, protocol)
             table_row = rows.setdefault(key, TableRow(*key))
             _put(table_row, "vanilla", Cell(_row_values(row, results), experiment, path, mtime))
     # A no-clamp row shares the vanilla numbers of its method.
     for key, table_row in rows.items():
         if not table_row.clamp and table_row.vanilla is None:
-            clamped = rows.get((*key[:4], True))
+            clamped = rows.get((*key[:4], True, key[5]))
             if clamped is not None:
                 table_row.vanilla = clamped.vanilla
     for table_row in rows.values():
@@ -282,7 +299,7 @@ def sort_rows(rows: Iterable[TableRow]) -> list[TableRow]:
                                        _order(BACKBONE_OF.get(r.architecture, r.architecture),
                                               BACKBONE_ORDER),
                                        _order(r.method, METHOD_ORDER), r.architecture,
-                                       not r.clamp))
+                                       r.protocol, not r.clamp))
 
 
 def add_reference_rows(rows: list[TableRow]) -> list[TableRow]:
@@ -368,7 +385,8 @@ def to_markdown(rows: Sequence[TableRow]) -> str:
            "Table 1 of the method's report, Oh & Noh 2025; x* = wsolevaluation's CAM "
            "baseline, Choe et al. 2020). Top-1 Cls is the softmax head's in both columns "
            "(it classifies in our model too). Average Drop: lower is better. — = not "
-           "measured.", ""]
+           "measured. [replay ...] after a method: the run's protocol choices, where "
+           "they are not this toolkit's defaults (docs/reproducing.md).", ""]
     for (dataset, split), group in groups.items():
         metrics = _metrics_of(group)
         out.append(f"## {DATASET_NAMES.get(dataset, dataset)}, {split} split")
@@ -409,7 +427,7 @@ def _backbone_label(row: TableRow) -> str:
 
 
 def csv_rows(rows: Sequence[TableRow]) -> tuple[list[str], list[dict]]:
-    header = ["dataset", "split", "backbone", "network", "method", "clamp"]
+    header = ["dataset", "split", "backbone", "network", "method", "clamp", "protocol"]
     for metric in METRICS:
         header += [f"{metric} vanilla", f"{metric} ours", f"{metric} delta",
                    f"{metric} ref vanilla", f"{metric} ref ours", f"{metric} ref source",
@@ -419,7 +437,8 @@ def csv_rows(rows: Sequence[TableRow]) -> tuple[list[str], list[dict]]:
     for row in rows:
         record = {"dataset": row.dataset, "split": row.split,
                   "backbone": BACKBONE_OF.get(row.architecture, row.architecture),
-                  "network": row.architecture, "method": row.method, "clamp": row.clamp}
+                  "network": row.architecture, "method": row.method, "clamp": row.clamp,
+                  "protocol": row.protocol}
         for metric in METRICS:
             n = row_numbers(row, metric)
             for key, column in (("vanilla", "vanilla"), ("ours", "ours"), ("delta", "delta"),

@@ -13,7 +13,8 @@
 #   cam_b2         its sigmoid branch fine-tuned (this toolkit's method; not in ReCAM)
 #   recam_vanilla  ReCAM: 4 epochs, lambda 1, backbone and head at 5e-5, fc_re at 5e-4
 #   recam_b2       ReCAM with the sigmoid branch as the BCE head
-# Seeds are scored on the 1,464 train images with ReCAM's test-time scales and flips.
+# Seeds are scored on the 1,464 train images with ReCAM's test-time scales and flips,
+# resized as its code resizes them (--replay recam: --seed_resize recam).
 #
 # Environment: VOC_ROOT (default VOCdevkit, holding VOC2012/), METADATA_ROOT
 # (default metadata), ROOT (default train_log/recam_voc), PYTHON (default python3).
@@ -29,7 +30,7 @@ COMMON=(--dataset_name VOC2012 --data_root "$VOC_ROOT" --metadata_root "$METADAT
         --freeze conv1,bn1 --frozen_bn --train_augment recam --resize_long 320 640
         --crop_size 512 --batch_size 16 --weight_decay 1e-4 --lr_schedule poly
         --momentum 1e-4 --nesterov FALSE --split train --method cam
-        --tta_scales 1.0,0.5,1.5,2.0 --seed_threshold 0.21 --root "$ROOT")
+        --tta_scales 1.0,0.5,1.5,2.0 --seed_threshold 0.21 --replay recam --root "$ROOT")
 $PYTHON main.py "${COMMON[@]}" --experiment_name cam_vanilla --model_structure vanilla \
     --pretrained --epochs 5 --lr 0.1 --lr_classifier_ratio 10 --lr_groups head "$@"
 $PYTHON main.py "${COMMON[@]}" --experiment_name cam_b2 --model_structure b2 \

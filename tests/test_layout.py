@@ -143,4 +143,6 @@ def test_evaluation_py_prints_main_pys_table_from_the_saved_maps(tiny_synth_root
     # The same maps, scored without a model, with evaluation.py's defaults (main.py's),
     # read from where --save_scoremaps wrote them.
     assert evaluation.main(common) == 0
-    assert capsys.readouterr().out.strip() == table
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "\n".join(lines[:-1]) == table
+    assert lines[-1].startswith("(scored with cam_curve_interval 0.001") and "run.json" in lines[-1]

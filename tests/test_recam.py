@@ -1,5 +1,5 @@
-"""ReCAM (issue 14): the SCE term, the recam branch, multi-label data, seed
-mIoU, PASCAL VOC metadata, and the pipeline on the built-in SYNTH_ML."""
+"""ReCAM: the SCE term, the recam branch, multi-label data, seed maps and
+seed mIoU, PASCAL VOC metadata, and the pipeline on the built-in SYNTH_ML."""
 import json
 import os
 import subprocess
@@ -15,7 +15,8 @@ from PIL import Image
 import config
 import evaluation
 import main
-from inference import seed_maps
+from wsol import seeds as seeds_module
+from wsol.seeds import seed_maps
 from wsol import CAMModel
 from wsol.cams import compute_cams_per_branch
 from wsol.data.metadata import MetadataError, configure_metadata, get_multi_labels
@@ -192,6 +193,74 @@ def test_seed_maps_with_flips_are_mirror_symmetric():
     assert torch.allclose(a, b.flip(-1), atol=1e-5)
 
 
+def test_recam_style_rescaling_is_pils_bicubic_resize_of_the_8bit_image():
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (37, 50, 3), dtype=np.uint8)
+    pixels = np.asarray(Image.fromarray(noise).resize((12, 9)).resize((50, 37), Image.BICUBIC))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    as_tensor = lambda a: ((torch.tensor(a).permute(2, 0, 1)[None].float() / 255  # noqa
+                            - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(
+                                1, 3, 1, 1))
+    image = as_tensor(pixels)
+    for scale in (0.5, 1.5, 2.0):
+        # ReCAM's pil_rescale: round(H * scale), PIL's bicubic on the uint8 image.
+        size = (int(np.round(37 * scale)), int(np.round(50 * scale)))
+        pil = np.asarray(Image.fromarray(pixels).resize(size[::-1], Image.BICUBIC))
+        ours = seeds_module._rescale(image, scale, "recam", (mean, std))
+        assert ours.shape[-2:] == size
+        grey = (ours * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+                ) * 255
+        difference = (grey[0].permute(1, 2, 0) - torch.tensor(pil).float()).abs()
+        # PIL's fixed-point filter weights: a few pixels one or two grey levels apart.
+        assert float(difference.max()) <= 2.0 + 1e-3, scale
+        assert float((difference > 0.5).float().mean()) < 0.005, scale
+
+
+def test_recam_style_seed_maps_against_a_hand_computation():
+    """ReCAM's make_recam: each scale's ReLU'd map (flipped copy flipped back and
+    added) resized bilinearly to ceil(H/16)*16 x ceil(W/16)*16, summed, cropped
+    to H x W, divided by its maximum + 1e-5."""
+    torch.manual_seed(3)
+    model = CAMModel(torchvision.models.resnet18(num_classes=4), "layer4", "fc").eval()
+    image = torch.randn(1, 3, 37, 50)
+    scales, classes = (1.0, 0.5, 1.5), [1, 3]
+    normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    maps = seed_maps(model, image, classes, ["cam"], ["softmax"], scales, resize="recam",
+                     normalization=normalization)[("cam", "softmax")]
+    weight = model.model.fc.weight.detach()[classes]
+    features = {}
+    model.model.layer4.register_forward_hook(lambda m, i, o: features.__setitem__("A", o))
+    expected = torch.zeros(2, 48, 64)  # ceil(37 / 16) * 16, ceil(50 / 16) * 16
+    with torch.no_grad():
+        for scale in scales:
+            x = image if scale == 1.0 else seeds_module._rescale(image, scale, "recam",
+                                                                 normalization)
+            model(torch.cat([x, x.flip(-1)]))
+            cams = F.relu(torch.einsum("ck,bkhw->bchw", weight, features["A"]))
+            cam = cams[0] + cams[1].flip(-1)
+            expected += F.interpolate(cam[None], size=(48, 64), mode="bilinear",
+                                      align_corners=False)[0]
+    expected = expected[:, :37, :50]
+    expected /= expected.amax((1, 2), keepdim=True) + 1e-5
+    assert torch.allclose(maps, expected, atol=1e-5)
+    # The default resizes straight to the image: another map.
+    direct = seed_maps(model, image, classes, ["cam"], ["softmax"], scales)[("cam", "softmax")]
+    assert float((direct - maps).abs().max()) > 1e-3
+
+
+def test_seed_maps_check_the_model_once_whatever_the_image_sizes(monkeypatch):
+    import wsol.cams.check as check
+    calls = []
+    original = check._check_layer_and_branch
+    monkeypatch.setattr(check, "_check_layer_and_branch",
+                        lambda *a: calls.append(1) or original(*a))
+    model = CAMModel(torchvision.models.resnet18(num_classes=4), "layer4", "fc").eval()
+    for height, width in ((32, 40), (48, 35), (64, 64)):
+        seed_maps(model, torch.randn(1, 3, height, width), [0, 1], ["cam", "gradcam"],
+                  ["softmax"], (1.0, 0.5))
+    assert len(calls) == 1
+
+
 # -- multi-label metadata and VOC --------------------------------------------------
 def test_multi_label_metadata_refuses_a_repeated_class(tmp_path):
     (tmp_path / "class_labels.txt").write_text("a.jpg,3\na.jpg,5\nb.jpg,1\na.jpg,3\n")
@@ -299,7 +368,8 @@ def test_one_pass_scores_three_branches_and_evaluation_py_agrees(synth_ml, capsy
     capsys.readouterr()
     results = main.run(config.get_configs(ml_argv(
         synth_ml, "r3", "--epochs", "1", "--ft_ckpt", vanilla, "--recam",
-        "--cam_branch", "softmax,sigmoid,recam", "--save_scoremaps", "--tta_scales", "1.0,0.5")))
+        "--cam_branch", "softmax,sigmoid,recam", "--save_scoremaps", "--tta_scales", "1.0,0.5",
+        "--seed_threshold", "0.3")))
     table = capsys.readouterr().out.strip()
     assert [(r["method"], r["branch"]) for r in results["rows"]] == [
         ("cam", "softmax"), ("gradcam", "softmax"), ("cam", "sigmoid"),
@@ -307,14 +377,14 @@ def test_one_pass_scores_three_branches_and_evaluation_py_agrees(synth_ml, capsy
     for row in results["rows"]:
         assert 0 <= row["mIoU"] <= 100 and row["num_images"] == 6
         assert row["mIoU (best t, chosen on GT)"] >= row["mIoU"]
-    assert "mIoU (t=0.21)" in table.splitlines()[0]
+    assert "mIoU (t=0.3)" in table.splitlines()[0]
     # --eval_only rebuilds the re-activation head from the checkpoint.
     again = main.run(config.get_configs(ml_argv(
         synth_ml, "r3", "--eval_only", "--cam_branch", "softmax,sigmoid,recam",
-        "--tta_scales", "1.0,0.5")))
+        "--tta_scales", "1.0,0.5", "--seed_threshold", "0.3")))
     assert [r["mIoU"] for r in again["rows"]] == [r["mIoU"] for r in results["rows"]]
     capsys.readouterr()
-    # The saved seed maps, scored without a model.
+    # The saved seed maps, scored without a model, at the run's background score.
     saved = synth_ml / "seeds.json"
     assert evaluation.main(["--dataset_name", "SYNTH_ML", "--root", str(synth_ml / "runs"),
                             "--experiment_name", "r3", "--metadata_root",
@@ -324,8 +394,10 @@ def test_one_pass_scores_three_branches_and_evaluation_py_agrees(synth_ml, capsy
     scored = {(r["method"], r["branch"]): r for r in json.loads(saved.read_text())["rows"]}
     for row in results["rows"]:
         other = scored[(row["method"], row["branch"])]
-        for key in ("mIoU", "mIoU (best t, chosen on GT)", "best t"):
+        for key in ("mIoU", "mIoU (best t, chosen on GT)", "best t", "threshold",
+                    "clamp_rule"):
             assert other[key] == row[key], key
+    assert "seed_threshold 0.3: the run's" in capsys.readouterr().out
 
 
 def test_recam_branch_needs_the_head(synth_ml):

@@ -267,7 +267,7 @@ def test_replayed_run_records_its_choices_and_scores_table_1s_fidelity(tiny_b2):
     assert recorded == results["choices"] == {
         "sigmoid_init": "random", "frozen_mode": "public_code", "map_style": "public_code",
         "first_box_only": True, "threshold_list": "public_code", "fidelity": "public_code",
-        "seed": 42}
+        "seed": 42, "seed_resize": "image"}
     row = results["rows"][0]
     assert row["GT-known Loc"] == row["GT-known Loc (first box)"]
     # Table 1's fidelity by hand: softmax over the sigmoid branch's logits, the

@@ -552,3 +552,33 @@ def test_bench_eval_scores_a_trained_models_maps_like_wsolevaluation(tiny_synth_
     images = len(open(tmp_path / "metadata" / "SYNTH" / "test" / "image_ids.txt").readlines())
     assert f"maps: {min(12, 2 * images)} (224x224; trained {min(12, 2 * images)})" in out
     assert "Loc): yes" in out
+
+
+def test_make_tables_keeps_runs_of_other_protocols_apart(tmp_path, capsys):
+    """A --replay public_code run and a default run of one network are two rows."""
+    def write(name, choices, replay, value):
+        folder = tmp_path / "logs" / name
+        folder.mkdir(parents=True)
+        rows = [{"method": "cam", "branch": b, "clamp": b == "sigmoid",
+                 "MaxBoxAccV2": value + (b == "sigmoid")} for b in ("softmax", "sigmoid")]
+        (folder / "results_test.json").write_text(json.dumps(
+            {"experiment": name, "dataset": "CUB", "architecture": "vgg16", "split": "test",
+             "replay": replay, "choices": choices, "classification": {"Top-1 Cls": 70.0},
+             "rows": rows}))
+
+    from wsol.replay import REPLAYS
+    write("ours", REPLAYS["none"].as_dict(), "none", 60.0)
+    write("replayed", REPLAYS["public_code"].as_dict(), "public_code", 50.0)
+    write("first_box", {**REPLAYS["none"].as_dict(), "first_box_only": True, "seed": 7},
+          "none", 40.0)
+    assert make_tables.main(["--experiments", *(str(p) for p in (tmp_path / "logs").iterdir()),
+                             "--output", str(tmp_path / "t")]) == 0
+    markdown = (tmp_path / "t" / "results.md").read_text()
+    for label, value in (("CAM", 60), ("CAM [replay public_code]", 50),
+                         ("CAM [first_box_only True]", 40)):
+        assert f"| VGG16 | {label} | 70.00 | 70.00 (+0.00) | {value}.00 [63.70*, " \
+               f"{value - 63.7:+.2f}] | {value + 1}.00 (+1.00) |" in markdown
+    assert "warning" not in capsys.readouterr().err  # no cell was contested
+    with open(tmp_path / "t" / "results.csv") as f:
+        assert sorted(r["protocol"] for r in csv.DictReader(f)) == [
+            "", "first_box_only True", "replay public_code"]

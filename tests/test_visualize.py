@@ -259,3 +259,29 @@ def test_long_captions_wrap_instead_of_being_cut_off():
                for line in lines)
     image = np.zeros((40, 96, 3), np.uint8)
     assert viz.add_caption(image, [text]).shape[0] > viz.add_caption(image, ["short"]).shape[0]
+
+
+def test_visualize_cli_keeps_every_runs_pictures_in_one_folder(tmp_path, capsys):
+    import json
+    paths = []
+    for name in ("run_a", "run_b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        paths.append(folder / "results_test.json")
+        paths[-1].write_text(json.dumps({**fake_results(), "experiment": name}))
+    assert viz.main([*map(str, paths), "--output", str(tmp_path / "plots")]) == 0
+    written = capsys.readouterr().out.split()
+    assert len(written) == len(set(written)) == 4
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "run_a_box_accuracy_cam.png", "run_a_pxap_pr_cam.png",
+        "run_b_box_accuracy_cam.png", "run_b_pxap_pr_cam.png"]
+
+
+def test_plot_titles_name_the_experiment(tmp_path, monkeypatch):
+    titles = []
+    original = viz._finish_plot
+    monkeypatch.setattr(viz, "_finish_plot",
+                        lambda plt, fig, ax, path, title, **kw: titles.append(title) or
+                        original(plt, fig, ax, path, title, **kw))
+    viz.write_plots({**fake_results(), "experiment": "my_run"}, str(tmp_path))
+    assert titles and all("my_run" in t for t in titles)

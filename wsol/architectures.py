@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -41,7 +41,7 @@ from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ArchitectureSpec", "LRRule", "ARCHITECTURES", "GRADCAM_NETWORKS",
            "architecture_names", "get_spec", "build_architecture", "build_cam_model",
-           "network_for"]
+           "network_for", "recognise_network"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,10 @@ class ArchitectureSpec:
     pretrained_keys: Callable[[dict, nn.Module], dict] | None = field(default=None, repr=False)
     fresh_layers: tuple[str, ...] = ()       # layers ImageNet weights do not have
     needs_timm: bool = False
+    # Top-level modules only this network has among the networks of its
+    # backbone: how a checkpoint that records only the backbone's name is
+    # told apart (recognise_network).
+    signature: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------
@@ -339,13 +343,14 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {s.name: s for s in (
     ArchitectureSpec("vgg16", lambda c, lfm=False, size=224: VggCam(c, lfm), "relu", "fc",
                      "VGG16-CAM (wsolevaluation): conv6 + GAP + fc",
                      lr_rule=VGG_RULE, torchvision_weights="VGG16_Weights",
-                     pretrained_keys=_vgg_keys, fresh_layers=("conv6.",)),
+                     pretrained_keys=_vgg_keys, fresh_layers=("conv6.",), signature=("conv6",)),
     ArchitectureSpec("vgg16_gradcam", lambda c, lfm=False, size=224: VggGradCam(c, lfm),
                      "features", "classifier",
                      "the paper's Grad-CAM VGG16: torchvision VGG16 without the last max-pool, "
                      "MLP classifier",
                      sigmoid_branch="classifier_2", lr_rule=VGG_RULE,
-                     torchvision_weights="VGG16_Weights", pretrained_keys=_vgg_keys),
+                     torchvision_weights="VGG16_Weights", pretrained_keys=_vgg_keys,
+                     signature=("classifier",)),
     ArchitectureSpec("resnet18", lambda c, lfm=False, size=224: resnet_cam(18, c, lfm),
                      "layer4", "fc", "ResNet18-CAM (layer4 at stride 1)",
                      lr_rule=RESNET_RULE, torchvision_weights="ResNet18_Weights"),
@@ -359,11 +364,12 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {s.name: s for s in (
                      sigmoid_branch="SPG_A4_2", lr_rule=INCEPTION_RULE,
                      branch_init=xavier_branch_init, torchvision_weights="Inception_V3_Weights",
                      pretrained_keys=_inception_cam_keys,
-                     fresh_layers=("SPG_A3_1b.", "SPG_A3_2b.")),
+                     fresh_layers=("SPG_A3_1b.", "SPG_A3_2b."), signature=("SPG_A4",)),
     ArchitectureSpec("inception_v3_gradcam", _inception_tv, "Mixed_7c", "fc",
                      "the paper's Grad-CAM InceptionV3: torchvision Inception-v3, CAM layer "
                      "Mixed_7c", lr_rule=INCEPTION_RULE, branch_init=inception_tv_branch_init,
-                     torchvision_weights="Inception_V3_Weights", pretrained_keys=_drop_aux),
+                     torchvision_weights="Inception_V3_Weights", pretrained_keys=_drop_aux,
+                     signature=("Mixed_7c",)),
     ArchitectureSpec("vit", lambda c, lfm=False, size=224: DeiTCam(c, size),
                      "features.blocks.11.norm1", "head",
                      "DeiT-Tiny (timm) as the method's earlier code builds it; CAM layer the "
@@ -408,6 +414,37 @@ def network_for(architecture: str, network_type: str) -> str:
     if network_type == "cam":
         return CAM_NETWORKS.get(architecture, architecture)
     return architecture
+
+
+def recognise_network(name: str, keys: Iterable[str]) -> tuple[str, str]:
+    """The network a checkpoint's weights belong to among the networks of
+    ``name``'s backbone (its CAM and Grad-CAM networks), and why: the method's
+    public code writes ``'architecture': 'vgg16'`` (or ``'inception_v3'``)
+    into checkpoints of its Grad-CAM network too (it picks the network from
+    ``--method``).  The network whose signature modules the keys hold; ``name``
+    and an empty reason when they do not decide or agree with it."""
+    candidates = list(dict.fromkeys(network_for(name, t) for t in ("cam", "gradcam")))
+    if len(candidates) < 2 or not all(c in ARCHITECTURES for c in candidates):
+        return name, ""
+    tops = {_top_module(k) for k in keys}
+    fitting = [c for c in candidates if set(ARCHITECTURES[c].signature) <= tops]
+    if len(fitting) != 1 or fitting[0] == name:
+        return name, ""
+    found = fitting[0]
+    others = [m for c in candidates if c != found for m in ARCHITECTURES[c].signature]
+    return found, (f"its weights are those of {found} "
+                   f"({', '.join(s + '.*' for s in ARCHITECTURES[found].signature)}, no "
+                   f"{', '.join(s + '.*' for s in others)}: "
+                   f"{ARCHITECTURES[found].description})")
+
+
+def _top_module(key: str) -> str:
+    """``module.features.0.weight`` -> ``features`` (without DataParallel's
+    and CAMModel's prefixes)."""
+    for prefix in ("module.", "model."):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key.split(".", 1)[0]
 
 
 def get_spec(name: str, input_size: int = 224) -> ArchitectureSpec:

@@ -10,7 +10,7 @@
   :func:`training_loss` is the objective of a training step.
 * **Maps**: the softmax head still classifies; maps come from the branch with
   every channel weight clamped at zero (:func:`clamp_weights`); softmax-branch
-  maps are never clamped.
+  maps are never clamped (which branch clamps what: :mod:`wsol.branches`).
 """
 from __future__ import annotations
 
@@ -18,10 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["BRANCHES", "SIGMOID_BRANCH", "normal_branch_init", "class_balanced_bce",
-           "softmax_cross_entropy", "training_loss", "clamps", "clamp_weights"]
+__all__ = ["SIGMOID_BRANCH", "normal_branch_init", "class_balanced_bce",
+           "softmax_cross_entropy", "training_loss", "clamp_weights"]
 
-BRANCHES = ("softmax", "sigmoid", "recam")  # recam: wsol.recam's re-activation branch
 SIGMOID_BRANCH = "fc2"  # the branch's attribute; also its name on the command line
 
 
@@ -69,12 +68,6 @@ def training_loss(outputs: dict[str, torch.Tensor | None], labels: torch.Tensor,
     if joint:
         loss = loss + head_loss(outputs["logits"].float(), labels)
     return loss
-
-
-def clamps(branch: str, clamp: bool = True) -> bool:
-    """Whether maps of ``branch`` have their weights clamped: the sigmoid
-    branch's (unless an ablation turns it off), never the softmax head's."""
-    return clamp and branch == "sigmoid"
 
 
 def clamp_weights(weights: torch.Tensor) -> torch.Tensor:

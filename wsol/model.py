@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from wsol.heads import LogitsExtractor, class_dim, class_weights, head_channels, head_classes
 from wsol.layouts import FeatureLayout, ResolvedLayout
-from wsol.method import BRANCHES, SIGMOID_BRANCH, clamp_weights, normal_branch_init
+from wsol.branches import BRANCHES
+from wsol.method import SIGMOID_BRANCH, clamp_weights, normal_branch_init
 from wsol.recam import new_reactivation_head, recam_class_weights
 
 __all__ = ["CAMModel", "FROZEN_MODES"]

@@ -1,11 +1,12 @@
-"""The choices where the method's public code and this toolkit differ.
+"""The choices where the public code and this toolkit differ.
 
 The learning-rate groups and decay are the published recipes' meaning and
-are always as the public code has them (:mod:`wsol.training`).  The choices
-below are where ours is the correct or the usual one and the public code's
-is a bug or a variant; ``--replay public_code`` takes all of the public
-code's at once so that its tables can be replayed (docs/reproducing.md).
-Each can still be set on its own; a run records the choices it used.
+are always as the method's public code has them (:mod:`wsol.runtime.training`).
+The choices below are where ours is the correct or the usual one and the
+public code's is a bug or a variant; ``--replay public_code`` takes all of the
+method's public code's at once so that its tables can be replayed, ``--replay
+recam`` ReCAM's public code's (docs/reproducing.md).  Each can still be set on
+its own; a run records the choices it used.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class RunChoices:
     threshold_list: str = "wsolevaluation"  # arange(0, 1, step) | public_code (rounded, 1.0)
     fidelity: str = "softmax_head"         # softmax_head (GT class) | public_code (Table 1)
     seed: int = 0
+    seed_resize: str = "image"             # image | recam (ReCAM's seed maps, stride grid)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -33,6 +35,8 @@ REPLAYS = {
     "public_code": RunChoices(sigmoid_init="random", frozen_mode="public_code",
                               map_style="public_code", first_box_only=True,
                               threshold_list="public_code", fidelity="public_code", seed=42),
+    # ReCAM's public code (docs/reproducing.md, "ReCAM"): how its seed maps are resized.
+    "recam": RunChoices(seed_resize="recam"),
 }
 
 

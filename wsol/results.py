@@ -11,9 +11,11 @@ import math
 import os
 from typing import Any
 
+from wsol.branches import row_label
 from wsol.errors import write_failure
 
-__all__ = ["TABLE_COLUMNS", "format_table", "json_ready", "write_json", "read_json", "run_record"]
+__all__ = ["TABLE_COLUMNS", "format_table", "json_ready", "write_json", "read_json", "run_record",
+           "branch_row", "row_clamp_rule", "row_branch_label"]
 
 TABLE_COLUMNS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP", "mIoU",
                  "mIoU (best t, chosen on GT)", "best t")
@@ -35,9 +37,8 @@ def format_table(results: dict, box_column: str = "MaxBoxAccV2") -> str:
     top1 = (results.get("classification") or {}).get("Top-1 Cls")
     for row, warning in zip(rows, warnings):
         values = {**row, "Top-1 Cls": top1}
-        branch = row["branch"] + ("" if row.get("clamp") or row["branch"] == "softmax"
-                                  else " (no clamp)")
-        lines.append([row["method"], branch] + [_cell(values.get(c)) for c in present]
+        lines.append([row["method"], row_branch_label(row)]
+                     + [_cell(values.get(c)) for c in present]
                      + ([warning] if any(warnings) else []))
     thresholds = {row["threshold"] for row in rows if "threshold" in row}
     if len(thresholds) == 1 and "mIoU" in header:  # the seed mIoU's background score
@@ -47,6 +48,26 @@ def format_table(results: dict, box_column: str = "MaxBoxAccV2") -> str:
             for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(text)
+
+
+def branch_row(method: str, branch: str, rule: str) -> dict:
+    """The start of a results row: method, branch, and what its maps clamp
+    (``clamp``: anything; ``clamp_rule``: what, wsol.branches.CLAMP_RULES)."""
+    return {"method": method, "branch": branch, "clamp": rule != "none", "clamp_rule": rule}
+
+
+def row_clamp_rule(row: dict) -> str:
+    """What a results row's maps clamp (wsol.branches.CLAMP_RULES); rows of
+    earlier versions say only whether (``clamp``)."""
+    return row.get("clamp_rule") or ("weights" if row.get("clamp") else "none")
+
+
+def row_branch_label(row: dict) -> str:
+    """A row's branch as tables and plots name it (wsol.branches.row_label)."""
+    try:
+        return row_label(row["branch"], row_clamp_rule(row))
+    except ValueError:  # a folder of maps without a branch (evaluation.py)
+        return str(row.get("branch", "?"))
 
 
 def _warning(results: dict, row: dict) -> str:

@@ -36,9 +36,11 @@ import cv2
 import numpy as np
 import torch
 
+from wsol.branches import branch_title
 from wsol.data.metadata import GroundTruth
 from wsol.protocol import (IMAGENET_MEAN, IMAGENET_STD, calculate_multiple_iou,
                            compute_bboxes_from_scoremaps, quantise)
+from wsol.results import row_branch_label, row_clamp_rule
 
 __all__ = ["GT_COLOR", "PRED_COLOR", "denormalize", "colorize", "blend", "draw_boxes",
            "draw_mask_contour", "add_caption", "predicted_box", "best_iou", "mask_iou",
@@ -52,7 +54,6 @@ GT_COLOR = (40, 230, 40)      # RGB
 PRED_COLOR = (255, 40, 40)
 _OUTLINE = (0, 0, 0)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
-BRANCH_LABELS = {"softmax": "softmax (vanilla)", "sigmoid": "sigmoid (ours)"}
 
 
 # --------------------------------------------------------------------------
@@ -384,7 +385,7 @@ class OverlayCollector:
                                        loc_threshold=self.loc_threshold)
         iou_name = "IoU" if info.get("box_iou") is not None else "mask IoU"
         iou = info.get("iou")
-        lines = [f"{method} | {BRANCH_LABELS.get(branch, branch)}",
+        lines = [f"{method} | {branch_title(branch)}",
                  f"gt {self._name(label)}",
                  f"pred {self._name(pred)} ({verdict})",
                  (f"{iou_name} {iou:.2f} at thr {self.loc_threshold:g}" if iou is not None
@@ -450,10 +451,11 @@ class OverlayCollector:
                 kind = "IoU" if info.get("box_iou") is not None else "mask IoU"
                 text = (f"{kind} {iou:.2f}" if iou is not None and not np.isnan(iou) else "")
                 rows[r].append(add_caption(picture, [text], colors=[PRED_COLOR]))
-        labels = ["image + GT", *[BRANCH_LABELS.get(b, b) for b in branches]]
-        return save_png(path, _grid(rows, labels, f"{method} maps of the GT class: softmax "
-                                                  f"vs sigmoid branch (green: GT, red: "
-                                                  f"predicted box at thr "
+        titles = [branch_title(b) for b in branches]
+        labels = ["image + GT", *titles]
+        which = (f"the {titles[0]} branch" if len(titles) == 1 else " vs ".join(titles))
+        return save_png(path, _grid(rows, labels, f"{method} maps of the GT class, {which} "
+                                                  f"(green: GT, red: predicted box at thr "
                                                   f"{self.loc_threshold:g})"))
 
 
@@ -511,13 +513,6 @@ _IOU_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "
 _BRANCH_STYLES = {"softmax": "--", "sigmoid": "-"}
 
 
-def _row_label(row: Mapping) -> str:
-    label = row.get("branch", "?")
-    if row.get("branch") == "sigmoid" and not row.get("clamp", True):
-        label += " (no clamp)"
-    return label
-
-
 def plot_box_curves(rows: Sequence[Mapping], path: str, title: str = "",
                     loc_threshold: float | None = None) -> str | None:
     """Box accuracy (%) against the CAM threshold: one line per IoU of
@@ -539,11 +534,11 @@ def plot_box_curves(rows: Sequence[Mapping], path: str, title: str = "",
             best = int(np.nanargmax(y)) if np.isfinite(y).any() else 0
             color = _IOU_COLORS[n % len(_IOU_COLORS)]
             ax.plot(x, y, style, color=color, lw=1.6,
-                    label=f"IoU {key.split('@')[1]}, {_row_label(row)} (max {y[best]:.1f})")
+                    label=f"IoU {key.split('@')[1]}, {row_branch_label(row)} (max {y[best]:.1f})")
             ax.plot([x[best]], [y[best]], "o", color=color, ms=4)
     if loc_threshold is not None:  # where GT-known / Top-1 Loc are measured
         ax.axvline(loc_threshold, color="0.5", lw=0.8, ls=":")
-    summary = ", ".join(f"{_row_label(r)} {r['MaxBoxAccV2']:.1f}" for r in rows
+    summary = ", ".join(f"{row_branch_label(r)} {r['MaxBoxAccV2']:.1f}" for r in rows
                         if isinstance(r.get("MaxBoxAccV2"), (int, float)))
     if summary:
         title = f"{title}\nMaxBoxAccV2: {summary}"
@@ -566,7 +561,7 @@ def plot_pr_curves(rows: Sequence[Mapping], path: str, title: str = "") -> str |
         precision = np.asarray(curves["precision"], dtype=float) * 100
         recall = np.asarray(curves["recall"], dtype=float) * 100
         pxap = row.get("PxAP")
-        label = _row_label(row) + (f" (PxAP {pxap:.1f})" if pxap is not None else "")
+        label = row_branch_label(row) + (f" (PxAP {pxap:.1f})" if pxap is not None else "")
         ax.plot(recall, precision, _BRANCH_STYLES.get(row.get("branch"), ":"),
                 color=_IOU_COLORS[n % len(_IOU_COLORS)], lw=1.6, label=label)
     ax.set_xlabel("recall (%)")
@@ -588,28 +583,36 @@ def _finish_plot(plt, fig, ax, path: str, title: str, legend_size: int) -> str:
     return path
 
 
-def write_plots(results: Mapping, folder: str) -> dict[str, list[str]]:
+def _plot_group(row: Mapping) -> str:
+    """Rows plotted together: a method's branches, with a clamp variant that
+    is not its branch's default (an ablation) in a plot of its own."""
+    method = str(row.get("method", "?"))
+    if row_branch_label(row) == row.get("branch"):
+        return method
+    rule = row_clamp_rule(row)
+    return f"{method}_{'noclamp' if rule == 'none' else rule + 'clamp'}"
+
+
+def write_plots(results: Mapping, folder: str, prefix: str = "") -> dict[str, list[str]]:
     """Curves of a results dict (``results_<split>.json``) under ``folder``:
-    ``box_accuracy_<method>.png`` and ``pxap_pr_<method>.png``, each with
-    every branch of that method; returns paths by wandb key."""
+    ``<prefix>box_accuracy_<method>.png`` and ``<prefix>pxap_pr_<method>.png``,
+    each with every branch of that method, titled with the experiment; returns
+    paths by wandb key."""
     by_method: dict[str, list[Mapping]] = {}
     for row in results.get("rows", []):
-        method = row.get("method", "?")
-        if row.get("branch") == "sigmoid" and not row.get("clamp", True):
-            method += "_noclamp"
-        by_method.setdefault(method, []).append(row)
-    what = " ".join(str(results[k]) for k in ("dataset", "architecture", "split")
+        by_method.setdefault(_plot_group(row), []).append(row)
+    what = " ".join(str(results[k]) for k in ("experiment", "dataset", "architecture", "split")
                     if results.get(k))
     written: dict[str, list[str]] = {}
     for method, rows in by_method.items():
         name = _safe_name(method)
         loc = next((r.get("loc_threshold") for r in rows if r.get("loc_threshold") is not None),
                    None)
-        path = plot_box_curves(rows, os.path.join(folder, f"box_accuracy_{name}.png"),
+        path = plot_box_curves(rows, os.path.join(folder, f"{prefix}box_accuracy_{name}.png"),
                                f"{method}: box accuracy vs CAM threshold ({what})", loc)
         if path:
             written[f"plots/box_accuracy_{method}"] = [path]
-        path = plot_pr_curves(rows, os.path.join(folder, f"pxap_pr_{name}.png"),
+        path = plot_pr_curves(rows, os.path.join(folder, f"{prefix}pxap_pr_{name}.png"),
                               f"{method}: PxAP precision-recall ({what})")
         if path:
             written[f"plots/pxap_pr_{method}"] = [path]
@@ -674,6 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="folder for the PNGs (default: plots/<split>/ beside each JSON)")
     args = parser.parse_args(argv)
     status = 0
+    used: set[str] = set()
     for path in args.results:
         try:
             with open(path) as f:
@@ -684,10 +688,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         folder = args.output or os.path.join(os.path.dirname(os.path.abspath(path)), "plots",
                                              str(results.get("split", "test")))
-        for paths in write_plots(results, folder).values():
+        prefix = ""
+        if args.output and len(args.results) > 1:
+            # Several runs into one folder: each run's files carry its name.
+            prefix = _unique(_safe_name(str(results.get("experiment") or os.path.splitext(
+                os.path.basename(path))[0])), used) + "_"
+        for paths in write_plots(results, folder, prefix).values():
             for p in paths:
                 print(p)
     return status
+
+
+def _unique(name: str, used: set[str]) -> str:
+    """``name``, or ``name_2``, ``name_3``... if already taken (recorded in ``used``)."""
+    candidate, n = name, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{name}_{n}"
+    used.add(candidate)
+    return candidate
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from wsol.branches import branch_rule
 from wsol.model import CAMModel
 
 __all__ = ["ActivationCapture", "branch_logits", "full_precision", "target_gradients",
@@ -81,11 +82,9 @@ def full_precision(tensor: Tensor) -> Tensor:
     return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
-_LOGITS = {"softmax": "logits", "sigmoid": "logits_sigmoid", "recam": "logits_recam"}
-
-
 def branch_logits(outputs: dict[str, Tensor | None], branch: str) -> Tensor:
-    return outputs[_LOGITS[branch]]
+    """The logits of ``branch`` among a CAMModel's outputs (wsol.branches)."""
+    return outputs[branch_rule(branch).logits_key]
 
 
 def capture(model: CAMModel, requires_grad: bool) -> ActivationCapture:

@@ -41,14 +41,15 @@ def verify_cam_model(model: CAMModel, images: Tensor,
     * ``cam``: the head has class weights and, for every class, the mean of the
       class map plus the bias equals the logit.
 
-    Runs once per model, input size, method kind and branch set (cached on the
-    model), in float32, in eval mode.
+    Runs once per model, CAM-layer layout, method kind and branch set (cached
+    on the model; not per input size: seed maps come at every image's size), in
+    float32, in eval mode.
     """
     chosen = resolve_methods(methods)
     needs = {"layer"}
     needs |= {"weights"} if any(m.needs_class_weights for m in chosen) else set()
     needs |= {"gradients"} if any(m.uses_gradients for m in chosen) else set()
-    key = (tuple(images.shape[-2:]), tuple(branches))
+    key = (model.layout, tuple(branches))
     done = model.verified.get(key, set())
     if needs <= done:
         return

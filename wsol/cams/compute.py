@@ -19,7 +19,7 @@ import torch
 from wsol.cams.capture import forward_activations, full_precision, target_set_gradients
 from wsol.cams.check import verify_cam_model
 from wsol.cams.methods import CAMInputs, CAMMethod, resolve_methods
-from wsol.method import BRANCHES, clamps
+from wsol.branches import BRANCHES, branch_rule, check_branch, clamp_rule, clamps_map_weights
 from wsol.model import CAMModel
 
 __all__ = ["CAMOutput", "compute_cams", "compute_cams_per_branch",
@@ -36,6 +36,14 @@ class CAMOutput:
     logits_sigmoid: Tensor | None  # sigmoid-branch logits [B, C] or None
     targets: Tensor | None = None  # [B] the classes the maps explain
     branch: str = "softmax"        # the branch the maps come from
+    logits_recam: Tensor | None = None  # recam-branch logits [B, C] or None
+
+    def branch_logits(self, branch: str) -> Tensor:
+        """The logits of any branch from the same forward (wsol.branches)."""
+        found = getattr(self, branch_rule(branch).logits_key)
+        if found is None:
+            raise ValueError(f"the model has no {branch} branch")
+        return found
 
 
 def compute_cams(model: CAMModel, images: Tensor, targets: Tensor | None = None,
@@ -93,13 +101,7 @@ def compute_cams_for_target_sets(model: CAMModel, images: Tensor, target_sets: T
     if not branches:
         raise ValueError(f"no branch given; choose from {BRANCHES}")
     for branch in branches:
-        if branch not in BRANCHES:
-            raise ValueError(f"unknown branch {branch!r}; choose one of {BRANCHES}")
-        if branch == "sigmoid" and not model.is_dual:
-            raise ValueError("this model has no sigmoid branch; use branch='softmax'")
-        if branch == "recam" and not model.has_recam:
-            raise ValueError("this model has no re-activation head (train one with --recam); "
-                             "drop the recam branch")
+        check_branch(branch, model.is_dual, model.has_recam)
     if images.dim() != 4:
         raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
     if torch.is_inference_mode_enabled():
@@ -136,16 +138,13 @@ def _compute(model: CAMModel, images: Tensor, target_sets: Tensor | None,
         gradients = {}
         if target_sets is None:
             target_sets = outputs["logits"].argmax(1)[None]
-    logits = full_precision(outputs["logits"].detach())
-    sigmoid_logits = outputs["logits_sigmoid"]
-    if sigmoid_logits is not None:
-        sigmoid_logits = full_precision(sigmoid_logits.detach())
+    logits = {key: None if value is None else full_precision(value.detach())
+              for key, value in outputs.items()}
     results: dict[str, list[CAMOutput]] = {}
     for branch in branches:
-        # The recam branch clamps its product's channel weights only when asked
-        # (wsol.recam.RECAM_CLAMPS); its other clamps are in its class weights.
-        clamp_here = (model.recam_clamp == "product" if branch == "recam"
-                      else clamps(branch, clamp))
+        # What the branch clamps (wsol.branches); ReCAM's clamped factors are
+        # in its class weights already.
+        clamp_here = clamps_map_weights(clamp_rule(branch, clamp, model.recam_clamp))
         results[branch] = []
         for j, targets in enumerate(target_sets):
             inputs = CAMInputs(model=model, images=images, targets=targets, branch=branch,
@@ -156,7 +155,7 @@ def _compute(model: CAMModel, images: Tensor, target_sets: Tensor | None,
             # ... the maps are formed in float32 whatever it is.
             with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
                 maps = {m.name: m.raw_map(inputs).detach().float() for m in chosen}
-            results[branch].append(CAMOutput(maps=maps, logits=logits,
-                                             logits_sigmoid=sigmoid_logits, targets=targets,
-                                             branch=branch))
+            results[branch].append(CAMOutput(
+                maps=maps, logits=logits["logits"], logits_sigmoid=logits["logits_sigmoid"],
+                logits_recam=logits.get("logits_recam"), targets=targets, branch=branch))
     return results

@@ -26,6 +26,7 @@ from typing import ClassVar, Sequence
 import torch
 import torch.nn.functional as F
 
+from wsol.branches import branch_rule
 from wsol.cams.capture import branch_logits, target_gradients
 from wsol.method import clamp_weights
 from wsol.model import CAMModel
@@ -252,8 +253,8 @@ class ScoreCAM(CAMMethod):
             valid = flat.amax(1) > flat.amin(1)
             masks = normalize_maps(masks[:, 0])[:, None]
             logits = branch_logits(inputs.model(images[b] * masks), inputs.branch)
-            # The recam branch's re-activation head is a softmax classifier.
-            prob = logits.sigmoid() if inputs.branch == "sigmoid" else logits.softmax(1)
+            prob = (logits.sigmoid() if branch_rule(inputs.branch).probability == "sigmoid"
+                    else logits.softmax(1))
             prob = prob.gather(1, inputs.targets[b][:, None])[:, 0]
             scores[b, k] = (prob * valid).to(scores.dtype)
         inputs.extra[id(self)] = scores

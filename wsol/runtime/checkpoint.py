@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from wsol.architectures import ArchitectureSpec
+from wsol.architectures import ArchitectureSpec, recognise_network
 from wsol.errors import UserError, write_failure
 from wsol.method import SIGMOID_BRANCH
 from wsol.model import CAMModel
@@ -31,7 +31,7 @@ from wsol.model import CAMModel
 __all__ = ["CheckpointError", "load_checkpoint_file", "save_checkpoint", "check_finite",
            "load_into_cam_model", "load_pretrained", "find_pretrained", "export_state_dict",
            "link_checkpoint", "MODEL_SETTINGS", "recorded_settings", "check_settings",
-           "resolve_settings", "model_from_checkpoint"]
+           "resolve_settings", "model_from_checkpoint", "RECOGNISED", "peek_checkpoint"]
 
 
 class CheckpointError(UserError):
@@ -232,6 +232,8 @@ def load_into_cam_model(model: CAMModel, path: str,
     base = {k: v for k, v in state.items()
             if k.split(".", 1)[0] not in branch_names | {_REACTIVATION}}
     recorded = checkpoint.get("architecture")
+    if recorded:
+        recorded, _ = recognise_network(recorded, checkpoint["state_dict"])
     hint = (f"it is a {recorded} checkpoint: pass --architecture {recorded}"
             if recorded and recorded != model.architecture else _FIT_HINT)
     _load_strict(model.model, base, path, hint)
@@ -362,21 +364,44 @@ def _experiment_config(path: str) -> dict:
     return data
 
 
+def peek_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint read memory-mapped (its tensors are not read until used):
+    what it records and its keys, cheaply, before the model is built."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an older format without mmap support, or not a checkpoint
+        return load_checkpoint_file(path)
+    if isinstance(checkpoint, dict) and not isinstance(checkpoint.get("state_dict"), dict):
+        checkpoint = {"state_dict": checkpoint}  # a plain state dict
+    return checkpoint
+
+
+# Where recorded_settings says why it took another network than the recorded
+# name (wsol.architectures.recognise_network): a line for the log.
+RECOGNISED = "recognised"
+
+
 def recorded_settings(path: str, checkpoint: dict | None = None) -> dict[str, Any]:
     """What the checkpoint (and its experiment's ``config.json``) record of
     :data:`MODEL_SETTINGS`; missing keys are absent (a bare wsolevaluation
-    checkpoint records little).  Reads the file memory-mapped when it is not given."""
+    checkpoint records little).  A checkpoint of the public code that names
+    only the backbone gets the network its keys belong to, and under
+    :data:`RECOGNISED` the reason.  Reads the file memory-mapped when it is not given."""
     if checkpoint is None:
-        if not os.path.isfile(path):
-            raise CheckpointError(f"checkpoint not found: {path}")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # an older format without mmap support, or a plain state dict
-            checkpoint = load_checkpoint_file(path)
+        checkpoint = peek_checkpoint(path)
     config = _experiment_config(path)
     settings = {k: config[k] for k in MODEL_SETTINGS if k in config}
     if isinstance(checkpoint, dict):
         settings.update({k: checkpoint[k] for k in MODEL_SETTINGS if k in checkpoint})
+        state = checkpoint.get("state_dict")
+        if settings.get("architecture") and isinstance(state, dict):
+            network, reason = recognise_network(settings["architecture"], state)
+            if reason:
+                settings[RECOGNISED] = (f"{path} records --architecture "
+                                        f"{settings['architecture']}, and {reason}")
+                settings["architecture"] = network
     return settings
 
 

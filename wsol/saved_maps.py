@@ -1,0 +1,137 @@
+"""The record beside saved score maps: what ``evaluation.py`` needs to score
+them again exactly as the run did.
+
+``main.py --save_scoremaps`` writes the maps under
+``scoremaps/<split>/<method>_<branch>/`` and, beside them, ``run.json`` (one
+``run.rank<R>.json`` per process of a torchrun job, each with its own
+images): the softmax head's predictions (Top-1 Cls and Top-1 Loc), the
+settings the numbers depend on (:data:`SCORED_SETTINGS`) and what each
+branch's maps clamp.  :func:`read_record` merges the ranks' files;
+:func:`adopt_settings` takes the recorded settings, refusing a flag that
+contradicts them (docs/protocol.md, "Scoring saved maps").
+"""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from wsol.errors import UserError
+from wsol.results import read_json, write_json
+
+__all__ = ["RECORD", "SCORED_SETTINGS", "SavedRecord", "write_record", "read_record",
+           "adopt_settings", "describe_settings"]
+
+RECORD = "run.json"
+# The settings of the box / mask / seed numbers, as main.py's flags name them.
+SCORED_SETTINGS = ("cam_curve_interval", "iou_threshold_list", "loc_threshold",
+                   "first_box_only", "multi_contour_eval", "threshold_list", "seed_threshold")
+
+
+@dataclass
+class SavedRecord:
+    settings: dict[str, Any]               # SCORED_SETTINGS the run recorded
+    predictions: dict[str, int] = field(default_factory=dict)  # image id -> top-1 class
+    clamp_rules: dict[str, str] = field(default_factory=dict)  # branch -> wsol.branches rule
+    source: str = ""                       # the file(s) it was read from, for messages
+
+
+def record_name(rank: int | None) -> str:
+    return RECORD if rank is None else f"run.rank{rank}.json"
+
+
+def write_record(folder: str, settings: Mapping[str, Any], predictions: Mapping[str, int],
+                 clamp_rules: Mapping[str, str], rank: int | None = None) -> str:
+    """Write the record of one process (``rank`` None: the only one)."""
+    path = os.path.join(folder, record_name(rank))
+    unknown = set(settings) - set(SCORED_SETTINGS)
+    if unknown:
+        raise ValueError(f"not a scored setting: {sorted(unknown)}")
+    write_json({"predictions": dict(predictions), "clamp_rules": dict(clamp_rules),
+                **{k: _plain(v) for k, v in settings.items()}}, path)
+    return path
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def read_record(folder: str) -> SavedRecord | None:
+    """The record of the maps in ``folder`` (all ranks' merged), or None when
+    the folder has none (maps of another tool)."""
+    single = os.path.join(folder, RECORD)
+    paths = [single] if os.path.isfile(single) else sorted(
+        glob.glob(os.path.join(folder, "run.rank*.json")))
+    if not paths:
+        return None
+    source = paths[0] if len(paths) == 1 else (
+        f"{os.path.join(folder, 'run.rank*.json')} ({len(paths)} ranks)")
+    merged: SavedRecord | None = None
+    for path in paths:
+        try:
+            data = read_json(path)
+        except (OSError, ValueError) as error:
+            raise UserError(f"cannot read the record of the saved maps {path}: {error}") \
+                from None
+        settings = {k: data[k] for k in SCORED_SETTINGS if k in data}
+        rules = dict(data.get("clamp_rules") or _legacy_rules(data))
+        if merged is None:
+            merged = SavedRecord(settings, {}, rules, source)
+        elif settings != merged.settings or rules != merged.clamp_rules:
+            differ = sorted(k for k in set(settings) | set(merged.settings)
+                            if settings.get(k) != merged.settings.get(k)) or ["clamp_rules"]
+            raise UserError(f"the records of one run disagree on {', '.join(differ)}: "
+                            f"{paths[0]} vs {path}; were these maps saved by one run?")
+        merged.predictions.update(data.get("predictions") or {})
+    return merged
+
+
+def _legacy_rules(data: Mapping) -> dict[str, str]:
+    """Records of earlier versions said only whether the sigmoid branch clamped."""
+    clamp = bool(data.get("clamp", True))
+    return {"softmax": "none", "sigmoid": "weights" if clamp else "none"}
+
+
+def adopt_settings(values: Mapping[str, Any], explicit: Iterable[str],
+                   record: SavedRecord | None) -> dict[str, Any]:
+    """``values`` (the command's settings) with the recorded ones taking the
+    place of every default; a setting given explicitly that contradicts the
+    record is a UserError naming both values."""
+    adopted = dict(values)
+    if record is None:
+        return adopted
+    explicit = set(explicit)
+    for key, recorded in record.settings.items():
+        if key not in adopted:
+            continue
+        given = adopted[key]
+        if key in explicit and not _same(given, recorded):
+            raise UserError(
+                f"--{key} {_show(given)} contradicts the run's {_show(recorded)}, recorded in "
+                f"{record.source}: drop --{key} to score with the run's settings")
+        adopted[key] = type(given)(recorded) if isinstance(given, (tuple, list)) else recorded
+    return adopted
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).upper()
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def describe_settings(values: Mapping[str, Any], keys: Iterable[str],
+                      record: SavedRecord | None) -> str:
+    """One line under the table: the settings the numbers were computed with, and where from."""
+    used = ", ".join(f"{k} {_show(values[k])}" for k in keys if k in values)
+    where = (f"the run's, from {record.source}" if record is not None
+             else "evaluation.py's defaults and flags: no run record beside the maps")
+    return f"(scored with {used}: {where})"
