@@ -24,14 +24,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from config import DATASET_NUM_CLASSES, cam_methods, str2bool
+from config import add_flags
 from data_loaders import get_transforms
-from wsol.architectures import architecture_names
 from wsol.cams import CAMMethod, compute_cams_per_branch, evaluation_maps, parse_methods
 from wsol.errors import UserError
 from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
 from wsol.runtime.checkpoint import RECOGNISED, model_from_checkpoint
 from wsol.runtime.seeding import resolve_device
+from wsol.settings import CAMSettings
 from wsol.branches import branch_title
 from wsol.visualize import (PRED_COLOR, add_caption, blend, class_names_for,
                             draw_boxes, predicted_box, save_png)
@@ -49,9 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint: an experiment's last_checkpoint.pth.tar (dual-branch "
                         "or vanilla) or a wsolevaluation vanilla checkpoint")
     p.add_argument("--image", required=True, nargs="+", help="image file(s)")
-    p.add_argument("--method", default="cam",
-                   help="CAM method(s), comma-separated (cam, gradcam, gradcam++, "
-                        "xgradcam, layercam, scorecam, ...)")
     p.add_argument("--branch", default=None, choices=("softmax", "sigmoid", "both"),
                    help="which branch's map (default: both for a dual-branch checkpoint, "
                         "else softmax)")
@@ -62,31 +59,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class to explain, as an index or a name (default: the softmax "
                         "head's top-1 prediction)")
     p.add_argument("--topk", type=int, default=5, help="predictions to print")
-    p.add_argument("--loc_threshold", type=float, default=0.2,
-                   help="CAM threshold of the drawn box (as GT-known Loc)")
     p.add_argument("--no_box", action="store_true", help="do not draw the predicted box")
-    p.add_argument("--no_clamp", action="store_true",
-                   help="keep negative sigmoid-branch channel weights (ablation)")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
     p.add_argument("--max_size", type=int, default=448,
                    help="longest side of each panel in the output, in pixels")
-    p.add_argument("--architecture", default=None, metavar="NAME",
-                   help="for a checkpoint that does not record it: " +
-                        ", ".join(architecture_names()))
-    p.add_argument("--num_classes", type=int, default=None,
-                   help="default: recorded, else from the checkpoint's head")
-    p.add_argument("--large_feature_map", type=str2bool, nargs="?", const=True, default=None,
-                   help="default: recorded, else FALSE")
-    p.add_argument("--crop_size", type=int, default=None,
-                   help="network input size (default: recorded, else 224)")
-    p.add_argument("--dataset_name", default=None, choices=tuple(DATASET_NUM_CLASSES),
-                   help="for class names (default: recorded)")
     p.add_argument("--class_names", default=None,
                    help="file with one class name per line (or 'index,name' / CUB's "
                         "classes.txt)")
-    p.add_argument("--gpus", default=None, help="GPU index; the CPU without CUDA")
-    p.add_argument("--smooth_samples", type=int, default=8)
-    p.add_argument("--scorecam_batch_size", type=int, default=32)
+    # main.py's flags (config.py); what the checkpoint records fills those left out.
+    recorded = "what the checkpoint records, else {}"
+    add_flags(p, ("method", "loc_threshold", "no_clamp", "smooth_samples", "smooth_sigma",
+                  "scorecam_batch_size", "scorecam_topk", "architecture", "num_classes",
+                  "large_feature_map", "crop_size", "dataset_name", "gpus"),
+              method={"default": "cam"},
+              loc_threshold={"help": "CAM threshold of the drawn box (as GT-known Loc)"},
+              architecture={"default": None, "help": "the network, for a checkpoint that "
+                            "does not record it (vgg16, resnet50, inception_v3, ...; see "
+                            "main.py --list)"},
+              num_classes={"help": recorded.format("its head's classes")},
+              large_feature_map={"default": None, "help": recorded.format("FALSE")},
+              crop_size={"default": None, "help": "the network's input size: " +
+                         recorded.format("224")},
+              dataset_name={"default": None, "help": "for class names: " +
+                            recorded.format("class indices")})
     return p
 
 
@@ -213,7 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args) -> int:
     try:
         args.methods = parse_methods(args.method)
-        methods = cam_methods(args)
+        methods = CAMSettings(methods=tuple(args.methods), smooth_samples=args.smooth_samples,
+                              smooth_sigma=args.smooth_sigma,
+                              scorecam_batch_size=args.scorecam_batch_size,
+                              scorecam_topk=args.scorecam_topk).instances()
     except ValueError as error:
         raise UserError(str(error)) from None
     if not 0 <= args.loc_threshold <= 1:

@@ -30,6 +30,9 @@ import time
 
 import torch
 
+# The shared flags are main.py's (config.py, at the repository root).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from wsol.architectures import build_architecture
 from wsol.cams import ScoreCAM, SmoothGradCAMPlusPlus, compute_cams
 from wsol.model import CAMModel
@@ -129,19 +132,23 @@ def report(arch: str, med: dict[str, float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--archs", default="resnet50,vgg16")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--num_classes", type=int, default=1000)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    import config
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--archs", default="resnet50,vgg16", help="networks, comma-separated")
+    p.add_argument("--size", type=int, default=224, help="input size in pixels")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (figures: medians)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda or cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--extra", action="store_true",
                    help="also time eigencam, smoothgradcam++ and scorecam")
-    p.add_argument("--scorecam_topk", type=int, default=64)
-    p.add_argument("--smooth_samples", type=int, default=8)
+    config.add_flags(p, ("batch_size", "num_classes", "scorecam_topk", "smooth_samples"),
+                     batch_size={"default": 8},
+                     num_classes={"default": 1000, "help": "classes of the random head"},
+                     scorecam_topk={"default": 64, "help": "scorecam: score only the k "
+                                    "channels of largest mean activation"})
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -46,6 +46,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+# The shared flags are main.py's (config.py, at the repository root).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from wsol.data.metadata import configure_metadata
 from wsol.metrics import BoxEvaluator
 from wsol.protocol import make_threshold_list
@@ -357,19 +360,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="Maps in all, split evenly between the groups.")
     parser.add_argument("--groups", default=",".join(GROUPS),
                         help=f"Comma-separated subset of {', '.join(GROUPS)}.")
-    parser.add_argument("--cam_curve_interval", type=float, default=0.001)
-    parser.add_argument("--iou_threshold_list", type=int, nargs="+", default=[30, 50, 70])
-    parser.add_argument("--loc_threshold", type=float, default=0.2)
     parser.add_argument("--repeats", type=int, default=5, help="Timed runs of ours (median).")
     parser.add_argument("--ref_repeats", type=int, default=1,
                         help="Timed runs of the baseline (median).")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 0],
-                        help="Thread counts of ours (1: single thread, 0: all cores).")
     parser.add_argument("--checkpoint", default=DEMO_CHECKPOINT,
                         help="A trained SYNTH checkpoint for the 'trained' group.")
-    parser.add_argument("--data_root", default="dataset")
-    parser.add_argument("--metadata_root", default="metadata")
-    parser.add_argument("--seed", type=int, default=0)
+    import config
+    config.add_flags(parser, ("cam_curve_interval", "iou_threshold_list", "loc_threshold",
+                              "box_threads", "data_root", "metadata_root", "seed"),
+                     box_threads={"nargs": "+", "default": [1, 0],
+                                  "help": "thread counts of ours to time (1: one thread, 0: "
+                                          "one per core)"},
+                     data_root={"help": "the 'trained' group's SYNTH images are under "
+                                        "<data_root>/SYNTH"},
+                     seed={"help": "seed of the synthetic maps"})
     args = parser.parse_args(argv)
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     unknown = sorted(set(groups) - set(GROUPS))
@@ -401,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         metadata = configure_metadata(folder)
         # Warm-up: compilation or loading of the compiled kernels is not timed.
         run_ours(samples[:8], ids[:8], metadata, thresholds, ious, args.loc_threshold, 1)
-        ours = {w: [] for w in args.workers}
-        for workers in args.workers:
+        ours = {w: [] for w in args.box_threads}
+        for workers in args.box_threads:
             for _ in range(args.repeats):
                 seconds, state, summary = run_ours(samples, ids, metadata, thresholds, ious,
                                                    args.loc_threshold, workers or None)

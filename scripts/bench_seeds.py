@@ -28,14 +28,14 @@ import time
 
 import torch
 
-try:
-    from inference import EvalSettings, SeedComputer
-except ImportError:
-    sys.exit("run it from the repository root: python scripts/bench_seeds.py")
 from wsol.architectures import build_cam_model
 from wsol.cams import resolve_methods
+from wsol.data.datasets import DATASETS
 from wsol.data.loaders import LoaderSettings, get_data_loader
+from wsol.data.metadata import configure_metadata
 from wsol.data.synth_ml import ensure_synth_ml
+from wsol.metrics import METRICS, EvalContext, EvaluatorSet
+from wsol.pipeline import SeedPass
 from wsol.seeds import seed_maps
 
 
@@ -96,17 +96,22 @@ def _bench(args, data_root: str, metadata_root: str) -> int:
             seed_maps(model, image, classes, methods, branches, scales)
         return time.perf_counter() - start
 
+    context = EvalContext(dataset=DATASETS["SYNTH_ML"], split="test",
+                          metadata=configure_metadata(
+                              os.path.join(metadata_root, "SYNTH_ML", "test")),
+                          mask_folder=os.path.join(data_root, "SYNTH_ML"), num_classes=8,
+                          thresholds=(0.0,))
+    pairs = [(m.name, b) for b in branches for m in methods]
+
     def evaluation() -> float:
         model.verified.clear()
         subset = torch.utils.data.Subset(loader.dataset, range(len(batches)))
-        computer = SeedComputer(
-            model, torch.utils.data.DataLoader(subset, batch_size=1, num_workers=0,
-                                               collate_fn=loader.collate_fn),
-            os.path.join(metadata_root, "SYNTH_ML", "test"), os.path.join(data_root, "SYNTH_ML"),
-            "SYNTH_ML", "test", EvalSettings(methods=methods, branches=branches,
-                                             show_progress=False), device, 8, 0.21, scales)
+        seeds = SeedPass(model, torch.utils.data.DataLoader(subset, batch_size=1, num_workers=0,
+                                                            collate_fn=loader.collate_fn),
+                         EvaluatorSet(METRICS, context, pairs), methods, branches, device,
+                         scales, show_progress=False)
         start = time.perf_counter()
-        computer.compute_and_evaluate()
+        seeds.run()
         return time.perf_counter() - start
 
     runs = {"maps alone": lambda: maps_alone(False), "seed evaluation": evaluation,

@@ -13,10 +13,10 @@ its standard input size (224 px; 299 for InceptionV3) unless --image_size:
                floor of any pass over the data.
   fwd+bwd      the vanilla model in training mode, every weight requiring
                grad: forward, cross-entropy, backward (no optimiser step).
-  fine-tune    wsol.training.train_one_epoch on the b2 model (frozen
+  fine-tune    wsol.runtime.training.train_one_epoch on the b2 model (frozen
                backbone, sigmoid branch trained with the class-balanced BCE,
                SGD step), from the data source.
-  evaluate     inference.CAMComputer with --methods on --branches: CAMs,
+  evaluate     wsol.pipeline.MapPass with --method on --cam_branch: CAMs,
                bicubic resize, normalisation, MaxBoxAccV2 / GT-known / Top-1
                Loc counts at --cam_curve_interval, until the counts are final.
 
@@ -47,17 +47,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-try:
-    from inference import CAMComputer, EvalSettings  # the evaluation pipeline, at the top level
-except ImportError:
-    sys.exit("run it from the repository root: python -m scripts.bench_throughput")
-from wsol.architectures import build_architecture
-from wsol.cams import resolve_methods
-from wsol.data.loaders import LoaderSettings, get_data_loader
-from wsol.model import CAMModel
-from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
-from wsol.runtime.acceleration import Acceleration, autocast, check_amp, prepare_model
-from wsol.runtime.training import OptimConfig, build_optimizer, train_one_epoch
+# The shared flags are main.py's (config.py, at the repository root).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import config  # noqa: E402
+from wsol.architectures import build_architecture  # noqa: E402
+from wsol.cams import resolve_methods  # noqa: E402
+from wsol.data.datasets import DatasetInfo  # noqa: E402
+from wsol.data.loaders import LoaderSettings, get_data_loader  # noqa: E402
+from wsol.data.metadata import GroundTruth, configure_metadata  # noqa: E402
+from wsol.metrics import METRICS, EvalContext, EvaluatorSet  # noqa: E402
+from wsol.model import CAMModel  # noqa: E402
+from wsol.pipeline import MapPass  # noqa: E402
+from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD, make_threshold_list  # noqa: E402
+from wsol.runtime.acceleration import Acceleration, autocast, check_amp, prepare_model  # noqa: E402,E501
+from wsol.runtime.training import OptimConfig, build_optimizer, train_one_epoch  # noqa: E402
 
 STANDARD_SIZE = {"inception_v3": 299}  # every other architecture: 224
 DEFAULT_METHODS = "cam,gradcam,gradcam++,xgradcam,layercam"
@@ -140,7 +143,7 @@ class Batches:
 
     def __init__(self, iterator, n: int, batch_size: int):
         self.iterator, self.n = iterator, n
-        self.sampler = range(n * batch_size)  # CAMComputer counts the images it expects
+        self.sampler = range(n * batch_size)  # the pass counts the images it expects
 
     def __len__(self) -> int:
         return self.n
@@ -230,7 +233,7 @@ def finetune_run(model: CAMModel, data, args, device: torch.device,
     """n fine-tuning steps of the sigmoid branch per call."""
     optimizer = build_optimizer(model, OptimConfig(lr=0.001))
     iterator = endless(data)
-    logging.getLogger("wsol.training").setLevel(logging.WARNING)
+    logging.getLogger("wsol.runtime.training").setLevel(logging.WARNING)
 
     def run(n: int) -> None:
         train_one_epoch(model, Batches(iterator, n, args.batch_size), optimizer, device,
@@ -240,17 +243,23 @@ def finetune_run(model: CAMModel, data, args, device: torch.device,
 
 def evaluate_run(model: CAMModel, data, metadata_root: str, args, device: torch.device,
                  accel: Acceleration) -> Callable[[int], None]:
-    """n batches scored per call, until the evaluator's counts are final."""
-    settings = EvalSettings(methods=resolve_methods(args.methods), branches=args.branches.split(","),
-                            cam_curve_interval=args.cam_curve_interval, show_progress=False,
-                            accel=accel)
+    """n batches scored per call (the pipeline's pass: maps into the box
+    evaluators), until the evaluator's counts are final."""
+    methods = resolve_methods(args.method)
+    branches = [b.strip() for b in args.cam_branch.split(",") if b.strip()]
+    metadata = configure_metadata(os.path.join(metadata_root, "test"))
+    context = EvalContext(dataset=DatasetInfo("bench", args.num_classes, ("boxes",)),
+                          split="test", metadata=metadata, mask_folder="",
+                          num_classes=args.num_classes,
+                          thresholds=make_threshold_list(args.cam_curve_interval),
+                          ground_truth=GroundTruth(metadata))
+    pairs = [(m.name, b) for b in branches for m in methods]
     iterator = endless(data)
 
     def run(n: int) -> None:
-        computer = CAMComputer(model, Batches(iterator, n, args.batch_size),
-                               os.path.join(metadata_root, "test"), None, "SYNTH", "test",
-                               settings, device)
-        computer.compute_and_evaluate()
+        MapPass(model, Batches(iterator, n, args.batch_size),
+                EvaluatorSet(METRICS, context, pairs), methods, branches, device,
+                accel=accel, show_progress=False).run()
     return run
 
 
@@ -258,29 +267,28 @@ def evaluate_run(model: CAMModel, data, metadata_root: str, args, device: torch.
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--archs", default="vgg16,resnet50,inception_v3")
+    p.add_argument("--archs", default="vgg16,resnet50,inception_v3",
+                   help="networks, comma-separated")
     p.add_argument("--image_size", type=int, default=None,
                    help="input size (default: 224, 299 for inception_v3)")
-    p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20, help="timed batches per run and round")
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds; each run's figure is its median over them")
     p.add_argument("--warmup", type=int, default=5, help="untimed batches of each run first")
-    p.add_argument("--num_classes", type=int, default=1000)
-    p.add_argument("--methods", default=DEFAULT_METHODS)
-    p.add_argument("--branches", default="sigmoid", help="sigmoid, softmax or softmax,sigmoid")
-    p.add_argument("--cam_curve_interval", type=float, default=0.01)
     p.add_argument("--data", default="memory,disk", help="memory, disk or memory,disk")
     p.add_argument("--disk_image_size", default="500x375", help="WxH of the JPEGs on disk")
-    p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--prefetch_factor", type=int, default=4)
-    p.add_argument("--decode_on_device", action="store_true",
-                   help="disk data: decode and transform on the device (main.py's flag)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
-    p.add_argument("--channels_last", action="store_true")
-    p.add_argument("--compile", action="store_true")
     p.add_argument("--json", default=None, help="also write the figures here")
+    config.add_flags(p, ("batch_size", "num_classes", "method", "cam_branch",
+                         "cam_curve_interval", "workers", "prefetch_factor", "decode_on_device",
+                         "amp", "channels_last", "compile"),
+                     batch_size={"default": 64},
+                     num_classes={"default": 1000, "help": "classes of the random head"},
+                     method={"default": DEFAULT_METHODS},
+                     cam_branch={"default": "sigmoid",
+                                 "help": "the branches scored: sigmoid, softmax or "
+                                         "softmax,sigmoid"},
+                     cam_curve_interval={"default": 0.01})
     args = p.parse_args(argv)
     args.data = [d.strip() for d in args.data.split(",") if d.strip()]
     if not set(args.data) <= {"memory", "disk"}:

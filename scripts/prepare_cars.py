@@ -37,7 +37,7 @@ import sys
 
 import numpy as np
 
-from wsol.data.prepare import (LOG, PrepareError, Record, Stats,
+from wsol.data.prepare import (LOG, PrepareError, Record, Stats, ValPlan,
                              build_val, check_disjoint, check_record_boxes,
                              check_unique, fill_sizes, make_parser, require_dir,
                              require_file, run, write_dataset)
@@ -143,7 +143,7 @@ def prepare(args) -> None:
         check_unique(records, split)
     fill_sizes(train + test, root, args.workers)
     check_record_boxes(train + test, args.clip_boxes, stats)
-    val, train = build_val(args, train, root, len(class_names), stats)
+    val, train = build_val(ValPlan.of(vars(args)), train, root, len(class_names), stats)
     check_unique(val, "val")
     check_disjoint(train, test, "train", "test")
     check_disjoint(test, val, "test", "val")

@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 import sys
 
-from wsol.data.prepare import (LOG, PrepareError, Record, Stats,
+from wsol.data.prepare import (LOG, PrepareError, Record, Stats, ValPlan,
                              build_val, check_disjoint, check_record_boxes,
                              check_unique, fill_sizes, make_parser, parse_float,
                              parse_int, read_table, require_dir, require_file, run,
@@ -156,7 +156,7 @@ def prepare(args) -> None:
     require_dir(image_root, "CUB image folder (--image_root)")
     fill_sizes(train + test, image_root, args.workers)
     check_record_boxes(train + test, args.clip_boxes, stats, box_sources)
-    val, train = build_val(args, train, image_root, num_classes, stats)
+    val, train = build_val(ValPlan.of(vars(args)), train, image_root, num_classes, stats)
     for split, records in (("train", train), ("val", val), ("test", test)):
         check_unique(records, split)
     check_disjoint(train, test, "train", "test")

@@ -53,7 +53,7 @@ import os
 import sys
 import xml.etree.ElementTree as ET
 
-from wsol.data.prepare import (LOG, PrepareError, Record, Stats,
+from wsol.data.prepare import (LOG, PrepareError, Record, Stats, ValPlan,
                              build_val, check_disjoint, check_record_boxes,
                              check_unique, fill_sizes, is_image_file, make_parser,
                              parse_float, require_dir, require_file,
@@ -286,14 +286,14 @@ def prepare(args) -> None:
     elif not args.val_source:
         raise PrepareError(
             "the val split needs boxes: pass --val_source (a held-out set such as "
-            "ImageNetV2 with boxes in the metadata format (docs/protocol.md)) or --train_annotations "
-            "(train boxes, to sample val from train)")
+            "ImageNetV2 with boxes in the metadata format (docs/protocol.md)) or "
+            "--train_annotations (train boxes, to sample val from train)")
     fill_sizes(test, args.image_root, args.workers, "val images")
     fill_sizes(train, args.image_root, args.workers, "train images")
     check_record_boxes(test + train, args.clip_boxes, stats, box_sources)
     require_localization(test, "test", "boxes")
-    val, train = build_val(args, train, args.image_root, len(classes), stats,
-                           usable=lambda r: bool(r.boxes))
+    val, train = build_val(ValPlan.of(vars(args)), train, args.image_root, len(classes),
+                           stats, usable=lambda r: bool(r.boxes))
     for split, records in (("train", train), ("val", val), ("test", test)):
         check_unique(records, split)
     check_disjoint(train, test, "train", "test")

@@ -52,6 +52,8 @@ try:
 except ImportError:
     sys.exit("run it from the repository root: python -m scripts.run_experiments")
 from wsol.architectures import ARCHITECTURES, network_for
+from wsol.errors import UserError
+from wsol.runtime.experiment import checkpoint_path
 
 MAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")
 DATASETS = tuple(config.DATASET_NUM_CLASSES)
@@ -191,7 +193,7 @@ def _common(args, dataset: str, backbone: str, recipe: Recipe) -> list[str]:
     argv = ["--dataset_name", dataset, "--architecture", backbone,
             "--large_feature_map", str(recipe.large_feature_map).upper(),
             "--data_root", args.data_root, "--metadata_root", args.metadata_root,
-            "--root", args.log_root, "--batch_size", str(args.batch_size),
+            "--root", args.root, "--batch_size", str(args.batch_size),
             "--workers", str(args.workers), "--seed", str(args.seed)]
     if args.mask_root:
         argv += ["--mask_root", args.mask_root]
@@ -275,7 +277,7 @@ def build_plan(args, extra: Sequence[str] = ()) -> list[Step]:
             argv += ["--save_overlays", str(args.save_overlays)]
         if args.plots:
             argv += ["--plots"]
-        checkpoint = os.path.join(args.log_root, name, "last_checkpoint.pth.tar")
+        checkpoint = os.path.join(args.root, name, "last_checkpoint.pth.tar")
         steps.append(Step("evaluate", name, [*argv, *extra], "", [checkpoint]))
     return steps
 
@@ -312,7 +314,7 @@ def _vanilla(args, plan: DatasetPlan, backbone: str, family: str, network: str,
             os.path.join(args.pretrained_dir, torchvision_file(network) or f"{network}.pth")
         argv += ["--pretrained_path", path]
         inputs.append(path)
-    trained[network] = os.path.join(args.log_root, name, "last_checkpoint.pth.tar")
+    trained[network] = os.path.join(args.root, name, "last_checkpoint.pth.tar")
     return trained[network], [Step("vanilla", name, [*argv, *extra],
                                    recipe.note or "published recipe", inputs)]
 
@@ -326,7 +328,7 @@ def _split(text: str | None) -> list[str]:
 # --------------------------------------------------------------------------
 
 def parse_step(step: Step):
-    """The step's argv through config.get_configs; (args, error message)."""
+    """The step's argv through config.get_configs; (settings, error message)."""
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
@@ -334,26 +336,27 @@ def parse_step(step: Step):
     except SystemExit:
         message = stderr.getvalue().strip().splitlines()
         return None, message[-1] if message else "argument error"
-    except config.ConfigError as error:
+    except UserError as error:
         return None, str(error)
 
 
-def _expected_files(args, step: Step) -> list[tuple[str, str]]:
+def _expected_files(settings, step: Step) -> list[tuple[str, str]]:
     """(kind, path) of what the step reads from the dataset."""
     needed: list[tuple[str, str]] = []
-    synth_generated = (args.dataset_name == "SYNTH"
-                       and not os.path.isdir(args.split_metadata_root))
+    data = settings.data
+    synth_generated = (data.dataset_name == "SYNTH"
+                       and not os.path.isdir(data.metadata_folder))
     if synth_generated:
         return needed  # main.py generates SYNTH on its first run
-    needed.append(("dataset image folder", args.image_root + os.sep))
-    split = "train" if step.kind != "evaluate" else args.split
-    folder = os.path.join(args.split_metadata_root, split)
+    needed.append(("dataset image folder", data.image_root + os.sep))
+    split = data.train_split if step.kind != "evaluate" else settings.evaluation.split
+    folder = data.split_metadata(split)
     needed.append((f"{split} metadata folder", folder + os.sep))
     names = ["image_ids.txt", "class_labels.txt"]
     if step.kind == "evaluate":
         names += ["image_sizes.txt", "localization.txt"]
-        if args.dataset_name in config.MASK_DATASETS and args.dataset_name != "SYNTH":
-            needed.append(("mask folder", args.dataset_mask_root + os.sep))
+        if data.info.masks and data.dataset_name != "SYNTH":
+            needed.append(("mask folder", data.mask_folder + os.sep))
     if os.path.isdir(folder):  # else the missing folder is the one problem to report
         needed += [(f"{split} metadata file", os.path.join(folder, n)) for n in names]
     return needed
@@ -394,18 +397,18 @@ def check_plan(steps: Sequence[Step]) -> list[str]:
 
 def step_state(step: Step) -> tuple[str, list[str]]:
     """("done" | "resume" | "fresh" | "override", extra flags) of a step."""
-    args, error = parse_step(step)
+    settings, error = parse_step(step)
     if error:
         raise PlanError(f"{step.title}: {error}")
-    folder = args.log_folder
+    folder = settings.log_folder
     last = os.path.join(folder, "last_checkpoint.pth.tar")
     if step.kind == "evaluate":
-        results = os.path.join(folder, f"results_{args.split}.json")
+        results = os.path.join(folder, f"results_{settings.evaluation.split}.json")
         if (os.path.isfile(results) and os.path.isfile(last)
                 and os.path.getmtime(results) >= os.path.getmtime(last)):
             return "done", []
         return "fresh", []
-    if os.path.isfile(config.checkpoint_path(folder, str(args.epochs))):
+    if os.path.isfile(checkpoint_path(folder, str(settings.optim.epochs))):
         return "done", []
     if os.path.isfile(last):
         return "resume", ["--resume"]
@@ -419,22 +422,24 @@ def learning_rates(step: Step) -> list[str]:
     by epoch (``lr_schedule.json``), from the model built on the meta device."""
     if step.kind == "evaluate":
         return []
-    args, error = parse_step(step)
+    settings, error = parse_step(step)
     if error:
         return []
     import torch
-    from main import build_model
-    from wsol.runtime.training import OptimConfig, lr_schedule
-    args.ft_ckpt = args.pretrained_path = None
-    args.pretrained, args.eval_only = False, True  # structure only: no weights are read
+
+    from wsol.runtime.build import build_model
+    from wsol.runtime.trainer import optim_config
+    from wsol.runtime.training import lr_schedule
+    # The structure only: no weights are read.
+    structure = settings.replace(model={"ft_ckpt": None, "pretrained": False,
+                                        "pretrained_path": None},
+                                 runtime={"eval_only": True})
     try:
         with torch.device("meta"):
-            model, spec = build_model(args)
+            model, spec = build_model(structure)
     except (ValueError, RuntimeError) as error:
         return [f"lr: cannot build the model ({error})"]
-    cfg = OptimConfig(args.lr, args.momentum, args.weight_decay, args.lr_classifier_ratio,
-                      args.lr_decay_frequency)
-    schedule = lr_schedule(model, cfg, spec.lr_rule, args.epochs)
+    schedule = lr_schedule(model, optim_config(settings), spec.lr_rule, settings.optim.epochs)
     lines = []
     for group in schedule["groups"]:
         runs: list[list] = []
@@ -494,11 +499,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated CAM methods; cam is scored on the CAM networks, the "
                         "others on the Grad-CAM networks (default: cam,gradcam; on CUB and "
                         "CARS also gradcam++,xgradcam,layercam, with --fidelity)")
-    p.add_argument("--data_root", default="dataset", help="images under <data_root>/<dataset>")
-    p.add_argument("--metadata_root", default="metadata")
-    p.add_argument("--mask_root", default=None, help="OpenImages masks (default: --data_root)")
-    p.add_argument("--log_root", "--root", dest="log_root", default="train_log",
-                   help="experiment root (main.py's --root)")
     p.add_argument("--vanilla", action="append", default=[], metavar="NETWORK=PATH",
                    help="vanilla checkpoint of a network (vgg16, vgg16_gradcam, resnet50, "
                         "inception_v3, inception_v3_gradcam); repeat per network")
@@ -514,18 +514,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained_dir", default=_default_pretrained_dir(),
                    help="where torchvision's weight files (vgg16-*.pth, resnet50-*.pth, "
                         "inception_v3_google-*.pth) are looked for")
-    p.add_argument("--lr", type=float, default=None,
-                   help="fine-tuning lr for every backbone and method (default: the recipe)")
-    p.add_argument("--sigmoid_init", default=None, choices=("clone", "random"),
-                   help="passed to main.py (default: main.py's, clone, or --replay's)")
-    p.add_argument("--split", default="test", choices=("val", "test"))
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--gpus", default=None, help="passed to main.py")
-    p.add_argument("--save_overlays", type=int, default=0, metavar="N",
-                   help="overlay PNGs per method and branch in the evaluation")
-    p.add_argument("--plots", action="store_true", help="curves in the evaluation")
     p.add_argument("--dry_run", action="store_true",
                    help="print and check every command (flags, paths, checkpoints); train "
                         "nothing")
@@ -534,6 +522,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reevaluate", action="store_true",
                    help="re-run the evaluations even where results exist")
     p.add_argument("--python", default=sys.executable, help="interpreter for main.py")
+    # main.py's flags (config.py), passed on to every command.
+    config.add_flags(p, ("root", "data_root", "metadata_root", "mask_root", "split",
+                         "batch_size", "workers", "seed", "gpus", "lr", "sigmoid_init",
+                         "save_overlays", "plots"),
+                     split={"choices": ("val", "test")},
+                     lr={"default": None, "help": "fine-tuning lr for every backbone and "
+                                                  "method (default: the recipe's)"},
+                     sigmoid_init={"default": None, "help": "the branch's initialisation "
+                                   "(default: main.py's, or --replay's)"})
     return p
 
 

@@ -21,8 +21,8 @@ import sys
 
 import torch
 
-import inference
 import main
+import wsol.pipeline as pipeline
 import wsol.results
 import wsol.runtime.training as training
 from wsol.data.loaders import WSOLImageLabelDataset
@@ -94,7 +94,7 @@ def open_json(path, *args, **kwargs):
 
 wsol.results.open = open_json
 
-original_cams = inference.compute_cams_per_branch
+original_cams = pipeline.compute_cams_per_branch
 
 
 def cams(*args, **kwargs):
@@ -104,7 +104,7 @@ def cams(*args, **kwargs):
     return original_cams(*args, **kwargs)
 
 
-inference.compute_cams_per_branch = cams
+pipeline.compute_cams_per_branch = cams
 
 original_item = WSOLImageLabelDataset.__getitem__
 

@@ -1,4 +1,4 @@
-"""Speed paths (issue 7): --amp, --channels_last, --compile, the branch-only
+"""Speed paths: --amp, --channels_last, --compile, the branch-only
 fine-tuning forward, one forward for both branches, the evaluator's deferred
 host copies and seeded augmentation with persistent workers.
 
@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import config
-import evaluation
 import main
+import wsol.metrics.boxes as boxes_module
 from data_loaders import ImageLoadError, LoaderSettings, get_data_loader
 from tests.conftest import copy_as_dataset
 from tests.test_robustness import tiny_argv
@@ -29,7 +29,7 @@ from wsol.architectures import build_architecture
 from wsol.cams import (ScoreCAM, SmoothGradCAMPlusPlus, compute_cams, compute_cams_per_branch,
                        evaluation_maps)
 from wsol.model import CAMModel
-from wsol.method import class_balanced_bce
+from wsol.dual_branch import class_balanced_bce
 
 GRADIENT_METHODS = ["cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
 
@@ -194,7 +194,6 @@ class _SlowEvent:
 
 
 def test_device_hand_off_scores_a_batch_whose_copy_lands_later(tiny_synth_root, monkeypatch):
-    import inference
     from wsol.data.metadata import configure_metadata, get_image_ids
     from wsol.metrics import BoxEvaluator
     from wsol.protocol import make_threshold_list
@@ -212,15 +211,15 @@ def test_device_hand_off_scores_a_batch_whose_copy_lands_later(tiny_synth_root, 
     direct.accumulate_batch(maps, ids, corrects, normalized=False)
     events = []
 
-    class SlowBatch(inference._HostBatch):  # a CUDA copy that has not landed yet
+    class SlowBatch(boxes_module._HostBatch):  # a CUDA copy that has not landed yet
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.ready = _SlowEvent()
             events.append(self.ready)
 
-    monkeypatch.setattr(inference, "_HostBatch", SlowBatch)
+    monkeypatch.setattr(boxes_module, "_HostBatch", SlowBatch)
     deferred = evaluator()
-    hand_off = inference.DeviceHandOff(deferred)
+    hand_off = boxes_module.DeviceHandOff(deferred)
     half = len(ids) // 2
     hand_off.add(maps[:half], ids[:half], corrects[:half])
     assert len(hand_off._arriving) == 1 and not events[0].waited  # not waited for

@@ -325,4 +325,4 @@ def test_two_epoch_synth_run_with_deit_tiny_from_the_command_line(tiny_synth_roo
     schedule = json.loads((tmp_path / "train_log" / "b" / "lr_schedule.json").read_text())
     assert [g["params"] for g in schedule["groups"]] == [["head2"]]  # at 10 x lr
     assert schedule["groups"][0]["lr"] == pytest.approx([0.1, 0.1])
-    assert config.get_configs([*common, "--experiment_name", "b"]).network == "vit"
+    assert config.get_configs([*common, "--experiment_name", "b"]).model.network == "vit"

@@ -11,6 +11,8 @@ import config
 import main
 from tests.conftest import copy_as_dataset
 from wsol.architectures import build_architecture
+from wsol.errors import UserError
+from wsol.runtime.experiment import Experiment
 
 # The seeds' command lines (../shared/seeds/001_*.txt and 002_*.txt), verbatim
 # but for their placeholders.
@@ -36,20 +38,22 @@ def seed_args(template, **values):
 def test_seed_train_command_keeps_its_documented_meaning():
     args = config.get_configs(seed_args(SEED_002_TRAIN, ds="CUB", exp="e",
                                         root="experiment/CUB", ckpt="v.pth"))
-    assert (args.epochs, args.batch_size, args.lr, args.weight_decay) == (10, 32, 0.003, 5e-4)
-    assert args.large_feature_map is False and args.model_structure == "b2"
-    assert args.unfreeze_layers == ("fc2",) and args.cam_branches == ["sigmoid"]
-    assert args.num_classes == 200
+    optim, model = args.optim, args.model
+    assert (optim.epochs, optim.batch_size, optim.lr, optim.weight_decay) == (10, 32, 0.003, 5e-4)
+    assert model.large_feature_map is False and model.model_structure == "b2"
+    assert model.unfreeze == ("fc2",) and args.cams.branches == ("sigmoid",)
+    assert model.num_classes == 200
     # --root is the experiment root; images and metadata come from their own roots.
     assert args.log_folder == os.path.join("experiment/CUB", "e")
-    assert args.image_root == os.path.join("dataset/", "CUB")
-    assert args.split_metadata_root == os.path.join("metadata/", "CUB")
-    assert args.wandb == "off" and args.project == "vgg16-0" and args.wandb_name == "e"
-    assert args.network == "vgg16"  # --method cam: the CAM network
+    assert args.data.image_root == os.path.join("dataset/", "CUB")
+    assert args.data.metadata_folder == os.path.join("metadata/", "CUB")
+    runtime = args.runtime
+    assert runtime.wandb == "off" and runtime.project == "vgg16-0" and runtime.wandb_name == "e"
+    assert model.network == "vgg16"  # --method cam: the CAM network
     gradient = config.get_configs(seed_args(SEED_001_TRAIN, ds="ILSVRC", exp="e", root="r",
                                             method="gradcam", ckpt="v.pth"))
-    assert gradient.network == "vgg16_gradcam"  # what the public code builds for gradcam
-    assert config.get_configs(["--dataset_name", "CARS"]).num_classes == 196
+    assert gradient.model.network == "vgg16_gradcam"  # what the public code builds for gradcam
+    assert config.get_configs(["--dataset_name", "CARS"]).model.num_classes == 196
 
 
 def _wsolevaluation_checkpoint(path, architecture, classes):
@@ -182,9 +186,9 @@ def test_a_run_that_fails_before_its_first_checkpoint_does_not_block_its_rerun(
     (leftover / "log.log").write_text("an earlier failure")
     (leftover / "config.json").write_text("{}")
     args = config.get_configs(seed_args(SEED_001_TRAIN, **values))
-    folder, created, lock = config.configure_log_folder(args)
-    lock.release()
-    assert (folder, created) == (os.path.join("experiment/ILSVRC", "retry"), True)
+    with Experiment(args) as experiment:
+        assert (experiment.folder, experiment.created) == (
+            os.path.join("experiment/ILSVRC", "retry"), True)
 
 
 def run_tiny(root, name, extra):
@@ -240,7 +244,9 @@ def test_existing_experiment_is_not_overwritten(tmp_path):
     folder = tmp_path / "train_log" / "exp"
     folder.mkdir(parents=True)
     (folder / "last_checkpoint.pth.tar").write_bytes(b"x")
-    args = config.get_configs(["--experiment_name", "exp", "--log_root", str(tmp_path / "train_log")])
-    with pytest.raises(config.ConfigError, match="--override_cache"):
-        config.configure_log_folder(args)
+    args = config.get_configs(["--experiment_name", "exp", "--log_root",
+                               str(tmp_path / "train_log")])
+    with pytest.raises(UserError, match="--override_cache"):
+        with Experiment(args):
+            pass
     assert (folder / "last_checkpoint.pth.tar").exists()

@@ -446,7 +446,8 @@ class TestBoxEvaluator:
         single, batched = box_evaluator(md), box_evaluator(md)
         for m, i, c in zip(maps, ids, corrects):
             single.accumulate(m, i, bool(c))
-        batched.accumulate_batch(torch.from_numpy(maps[:10]), ids[:10], torch.from_numpy(corrects[:10]))
+        batched.accumulate_batch(torch.from_numpy(maps[:10]), ids[:10],
+                                 torch.from_numpy(corrects[:10]))
         batched.accumulate_batch(torch.from_numpy(maps[10:]), ids[10:], list(corrects[10:]))
         a, b = single.state(), batched.state()
         assert all(np.array_equal(a[k], b[k]) for k in a)

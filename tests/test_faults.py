@@ -1,10 +1,9 @@
-"""Faults a shared cluster brings (issue 15): pre-emption signals, full disks,
+"""Faults a shared cluster brings: pre-emption signals, full disks,
 concurrent runs, NaNs, and images, metadata and checkpoints as they come.
 
 Signals and crashes are injected in subprocesses (tests/fault_driver.py runs
 main.py with a fault at a chosen training step or write).
 """
-import errno
 import json
 import logging
 import os
@@ -24,6 +23,8 @@ import main
 from tests.conftest import copy_as_dataset, synth_argv
 from wsol.data.device_decode import exif_orientation, upright
 from wsol.data.images import open_rgb
+from wsol.pipeline import evaluate_run
+from wsol.runtime.build import build_model
 from wsol.runtime.checkpoint import CheckpointError, load_checkpoint_file
 from wsol.runtime.lock import LOCK_NAME
 
@@ -235,10 +236,10 @@ def test_a_diverging_loss_stops_the_run_without_saving_the_epoch(workspace, caps
 
 def test_nan_logits_get_a_warning_column(workspace, capsys):
     args = config.get_configs(argv(workspace, "nanlogits", "--epochs", "0"))
-    model, _ = main.build_model(args)
+    model, spec = build_model(args)
     with torch.no_grad():
         model.head_module.bias[3] = float("nan")
-    results = main.evaluate(args, model, torch.device("cpu"))
+    results = evaluate_run(args, model, spec, torch.device("cpu"))
     assert results["num_nonfinite_logits"] == results["num_images"]
     from wsol.results import format_table
     table = format_table(results).splitlines()
@@ -392,13 +393,13 @@ def test_every_kind_of_non_checkpoint_gets_one_sentence(tmp_path):
 # -- distributed -----------------------------------------------------------------------
 def test_global_batch_size_is_split_over_the_processes(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert config.get_configs(["--global_batch_size", "64"]).batch_size == 16
+    assert config.get_configs(["--global_batch_size", "64"]).optim.batch_size == 16
     with pytest.raises(config.ConfigError, match="multiple of the number of processes"):
         config.get_configs(["--global_batch_size", "30"])
     with pytest.raises(config.ConfigError, match="not both"):
         config.get_configs(["--global_batch_size", "64", "--batch_size", "8"])
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert config.get_configs(["--global_batch_size", "64"]).batch_size == 64
+    assert config.get_configs(["--global_batch_size", "64"]).optim.batch_size == 64
 
 
 @pytest.mark.slow

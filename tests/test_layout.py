@@ -88,9 +88,10 @@ def test_demo_flags_apply_to_both_demo_runs(monkeypatch):
     seen = []
     monkeypatch.setattr(main, "run", lambda args: seen.append(args) or {"rows": []})
     assert main.main(["--demo", "--workers", "0", "--root", "elsewhere"]) == 0
-    assert [a.experiment_name for a in seen] == ["demo_vanilla", "demo_b2"]
-    assert all(a.workers == 0 and a.root == "elsewhere" for a in seen)
-    assert seen[1].ft_ckpt == os.path.join("elsewhere", "demo_vanilla", "last_checkpoint.pth.tar")
+    assert [a.runtime.experiment_name for a in seen] == ["demo_vanilla", "demo_b2"]
+    assert all(a.data.workers == 0 and a.runtime.root == "elsewhere" for a in seen)
+    assert seen[1].model.ft_ckpt == os.path.join("elsewhere", "demo_vanilla",
+                                                  "last_checkpoint.pth.tar")
 
 
 def test_list_prints_what_the_choice_flags_take(capsys):
@@ -123,7 +124,8 @@ def test_single_contour_evaluation_changes_the_printed_column(tiny_synth_root, t
     assert lines[2][column:column + len(value)] == value
 
 
-@pytest.mark.parametrize("box_flag", [[], ["--multi_contour_eval", "FALSE"], ["--box_threads", "1"]])
+@pytest.mark.parametrize("box_flag", [[], ["--multi_contour_eval", "FALSE"],
+                                      ["--box_threads", "1"]])
 def test_evaluation_py_prints_main_pys_table_from_the_saved_maps(tiny_synth_root, tmp_path,
                                                                  capsys, box_flag):
     copy_as_dataset(tiny_synth_root, tmp_path, "SYNTH")

@@ -92,7 +92,7 @@ def test_the_seed_test_line_scores_a_public_gradcam_b2_checkpoint(workspace, cap
     save_as_public_code(state, "inception_v3", folder / "last_checkpoint.pth.tar")
     args = config.get_configs(seed_001_test_line(workspace, "incep_gradcam",
                                                  str(workspace / "vanilla.pth.tar")))
-    assert args.network == "inception_v3_gradcam"
+    assert args.model.network == "inception_v3_gradcam"
     results = main.run(args)
     assert "records --architecture inception_v3, and its weights are those of " \
            "inception_v3_gradcam" in capsys.readouterr().err
@@ -125,7 +125,7 @@ def test_a_public_vanilla_checkpoint_of_the_other_network_is_fine_tuned_as_what_
             "--workers", "0", "--data_root", str(workspace / "dataset"),
             "--metadata_root", str(workspace / "metadata"), "--crop_size", "96"]
     args = config.get_configs(argv)
-    assert args.network == "inception_v3_gradcam"  # --method cam alone picks the CAM network
+    assert args.model.network == "inception_v3_gradcam"  # --method cam alone picks the CAM network
     main.run(args)
     log = capsys.readouterr().err
     assert "--ft_ckpt" in log and "training inception_v3_gradcam" in log
@@ -136,7 +136,7 @@ def test_a_public_vanilla_checkpoint_of_the_other_network_is_fine_tuned_as_what_
                        state["Mixed_7c.branch1x1.conv.weight"])
     # --network_type says explicitly: the CAM network, which the file does not fit.
     explicit = config.get_configs([*argv, "--network_type", "cam"])
-    assert explicit.network == "inception_v3"
+    assert explicit.model.network == "inception_v3"
 
 
 WRITER = r"""

@@ -427,7 +427,8 @@ STUB = '''import sys
 import config
 if sys.argv[1].endswith("main.py"):
     args = config.get_configs(sys.argv[2:])
-    print("ok", args.experiment_name, args.dataset_name, args.lr, args.recam)
+    print("ok", args.runtime.experiment_name, args.data.dataset_name, args.optim.lr,
+          args.model.recam)
 '''
 
 

@@ -145,15 +145,18 @@ def test_public_code_branch_initialisations():
 # ---------------------------------------------------------------------------
 def test_replay_switch_sets_every_public_code_choice_and_explicit_flags_win():
     args = config.get_configs(["--replay", "public_code"])
-    assert (args.sigmoid_init, args.frozen_mode, args.map_style, args.first_box_only,
-            args.threshold_list, args.fidelity_protocol, args.seed) == (
+    c = args.choices
+    assert (c.sigmoid_init, c.frozen_mode, c.map_style, c.first_box_only,
+            c.threshold_list, c.fidelity, c.seed) == (
         "random", "public_code", "public_code", True, "public_code", "public_code", 42)
     args = config.get_configs(["--replay", "public_code", "--seed", "3", "--sigmoid_init",
                                "clone"])
-    assert args.seed == 3 and args.sigmoid_init == "clone" and args.frozen_mode == "public_code"
+    c = args.choices
+    assert c.seed == 3 and c.sigmoid_init == "clone" and c.frozen_mode == "public_code"
     ours = config.get_configs([])
-    assert (ours.sigmoid_init, ours.frozen_mode, ours.map_style, ours.first_box_only,
-            ours.seed) == ("clone", "eval", "wsolevaluation", False, 0)
+    c = ours.choices
+    assert (c.sigmoid_init, c.frozen_mode, c.map_style, c.first_box_only,
+            c.seed) == ("clone", "eval", "wsolevaluation", False, 0)
 
 
 def _first_bn_io(model, x):
@@ -273,8 +276,9 @@ def test_replayed_run_records_its_choices_and_scores_table_1s_fidelity(tiny_b2):
     # Table 1's fidelity by hand: softmax over the sigmoid branch's logits, the
     # softmax head's predicted class, maps of that class.
     args = config.get_configs([*argv, "--eval_only"])
-    model, _ = main.build_model(args)
+    from wsol.runtime.build import build_model
     from wsol.runtime.checkpoint import load_into_cam_model
+    model, _ = build_model(args)
     load_into_cam_model(model, str(folder / "last_checkpoint.pth.tar"))
     model.eval()
     from data_loaders import LoaderSettings, get_data_loader

@@ -1,4 +1,4 @@
-"""Runs that survive: resume, bad input, torchrun (issue 6)."""
+"""Runs that survive: resume, bad input, torchrun."""
 import json
 import os
 import shutil
@@ -11,6 +11,8 @@ import torch
 import config
 import main
 from tests.conftest import copy_as_dataset, synth_argv
+from wsol.pipeline import evaluate_run
+from wsol.runtime.build import build_model
 from wsol.runtime.checkpoint import load_checkpoint_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,10 +153,10 @@ def test_torchrun_two_processes_train_and_evaluate_like_one(workspace):
 def test_nan_maps_are_counted_as_nan_not_as_constant(workspace):
     args = config.get_configs(tiny_argv(workspace, "nan", "--epochs", "0",
                                         "--method", "cam,gradcam"))
-    model, _ = main.build_model(args)
+    model, spec = build_model(args)
     with torch.no_grad():
         model.head_module.weight[0] = float("nan")  # every map explaining class 0 is NaN
-    results = main.evaluate(args, model, torch.device("cpu"))
+    results = evaluate_run(args, model, spec, torch.device("cpu"))
     labels = (workspace / "metadata/SYNTH/test/class_labels.txt").read_text().split()
     class0 = sum(line.split(",")[1] == "0" for line in labels)
     assert class0 > 0
@@ -165,3 +167,23 @@ def test_nan_maps_are_counted_as_nan_not_as_constant(workspace):
     # every Grad-CAM map is NaN, and counted so.
     assert gradcam["num_nan_maps"] == results["num_images"]
     assert gradcam["num_constant_maps"] == 0
+
+
+def test_resume_continues_the_run_as_its_config_records_it(workspace, capsys):
+    run = lambda *a: main.run(config.get_configs(tiny_argv(workspace, *a, "--skip_eval")))  # noqa
+    run("as_recorded", "--epochs", "1", "--lr", "0.02", "--weight_decay", "5e-4",
+        "--lr_decay_frequency", "1")
+    # The bare command continues with the recorded settings, not the defaults.
+    settings = config.get_configs(synth_argv(workspace, "as_recorded", "--resume", "--epochs",
+                                             "2", "--skip_eval"))
+    assert (settings.optim.lr, settings.optim.weight_decay,
+            settings.optim.lr_decay_frequency, settings.optim.epochs) == (0.02, 5e-4, 1, 2)
+    assert (settings.data.crop_size, settings.model.network) == (32, "resnet18")
+    assert any("--resume: " in note and "optim.lr" in note for note in settings.notes)
+    main.run(settings)
+    assert load_checkpoint_file(str(workspace / "train_log/as_recorded/last_checkpoint.pth.tar")
+                                )["epoch"] == 2
+    # An explicit flag that would train another run is refused, naming both values.
+    code = main.main(synth_argv(workspace, "as_recorded", "--resume", "--lr", "0.1"))
+    err = capsys.readouterr().err
+    assert code == 2 and "trained with optim.lr 0.02, not 0.1 (--lr)" in err

@@ -87,7 +87,7 @@ def test_every_planned_command_parses_with_the_published_recipe():
     assert [s.kind for s in steps] == ["finetune", "evaluate"] * 6  # 3 backbones x 2 families
     for step in steps:
         args = config.get_configs(step.argv)
-        assert args.dataset_name == "ILSVRC" and args.model_structure == "b2"
+        assert args.data.dataset_name == "ILSVRC" and args.model.model_structure == "b2"
     by_name = {(s.experiment, s.kind): s for s in steps}
     lr = {(arch, m): float(flag(by_name[(f"ILSVRC_{arch}_{m}_b2", "finetune")], "--lr"))
           for arch in ("vgg16", "resnet50", "inception_v3") for m in ("cam", "gradcam")}
@@ -95,44 +95,47 @@ def test_every_planned_command_parses_with_the_published_recipe():
                   ("resnet50", "cam"): 1e-4, ("resnet50", "gradcam"): 5e-3,
                   ("inception_v3", "cam"): 5e-4, ("inception_v3", "gradcam"): 5e-4}
     finetune = config.get_configs(by_name[("ILSVRC_resnet50_cam_b2", "finetune")].argv)
-    assert (finetune.epochs, finetune.lr_decay_frequency, finetune.weight_decay,
-            finetune.batch_size) == (10, 3, 1e-4, 32)
-    assert finetune.large_feature_map and finetune.skip_eval  # only ResNet50 CAM's is large
-    assert finetune.ft_ckpt == os.path.join("ck", "ILSVRC_resnet50_vanilla.pth.tar")
-    assert finetune.unfreeze_layers == ("fc2",) and finetune.network == "resnet50"
+    assert (finetune.optim.epochs, finetune.optim.lr_decay_frequency,
+            finetune.optim.weight_decay, finetune.optim.batch_size) == (10, 3, 1e-4, 32)
+    # only ResNet50 CAM's is large
+    assert finetune.model.large_feature_map and finetune.runtime.skip_eval
+    assert finetune.model.ft_ckpt == os.path.join("ck", "ILSVRC_resnet50_vanilla.pth.tar")
+    assert finetune.model.unfreeze == ("fc2",) and finetune.model.network == "resnet50"
     grad = config.get_configs(by_name[("ILSVRC_resnet50_gradcam_b2", "finetune")].argv)
-    assert not grad.large_feature_map and grad.network == "resnet50"
+    assert not grad.model.large_feature_map and grad.model.network == "resnet50"
     # The Grad-CAM rows train the public code's Grad-CAM networks; ILSVRC's
     # Grad-CAM VGG16 starts from torchvision's ImageNet VGG16 itself.
     vgg_grad = config.get_configs(by_name[("ILSVRC_vgg16_gradcam_b2", "finetune")].argv)
-    assert vgg_grad.network == "vgg16_gradcam"
-    assert vgg_grad.ft_ckpt == os.path.join("tv", "vgg16-397923af.pth")
+    assert vgg_grad.model.network == "vgg16_gradcam"
+    assert vgg_grad.model.ft_ckpt == os.path.join("tv", "vgg16-397923af.pth")
     inception = config.get_configs(by_name[("ILSVRC_inception_v3_gradcam_b2",
                                             "finetune")].argv)
-    assert inception.network == "inception_v3_gradcam"
-    assert inception.ft_ckpt == os.path.join("ck", "ILSVRC_inception_v3_gradcam_vanilla.pth.tar")
+    assert inception.model.network == "inception_v3_gradcam"
+    assert inception.model.ft_ckpt == os.path.join("ck",
+                                                   "ILSVRC_inception_v3_gradcam_vanilla.pth.tar")
     vgg = config.get_configs(by_name[("ILSVRC_vgg16_cam_b2", "finetune")].argv)
-    assert vgg.weight_decay == 5e-4 and not vgg.large_feature_map and vgg.network == "vgg16"
+    assert vgg.optim.weight_decay == 5e-4 and not vgg.model.large_feature_map
+    assert vgg.model.network == "vgg16"
     evaluate = config.get_configs(by_name[("ILSVRC_vgg16_gradcam_b2", "evaluate")].argv)
-    assert evaluate.eval_only and evaluate.cam_branches == ["softmax", "sigmoid"]
-    assert evaluate.method == "gradcam" and evaluate.split == "test"
-    assert evaluate.network == "vgg16_gradcam" and not evaluate.fidelity
+    assert evaluate.runtime.eval_only and evaluate.cams.branches == ("softmax", "sigmoid")
+    assert evaluate.cams.methods == ("gradcam",) and evaluate.evaluation.split == "test"
+    assert evaluate.model.network == "vgg16_gradcam" and not evaluate.evaluation.fidelity
     cub = config.get_configs(plan(["--dataset", "CUB", "--architectures", "vgg16",
                                    "--methods", "cam"])[0].argv)
-    assert (cub.epochs, cub.lr_decay_frequency, cub.lr) == (50, 15, 5e-5)
+    assert (cub.optim.epochs, cub.optim.lr_decay_frequency, cub.optim.lr) == (50, 15, 5e-5)
     # Table 1 (CUB, Cars): one Grad-CAM fine-tuning scored with every gradient
     # method, with the fidelity metrics.
     cub = plan(["--dataset", "CUB", "--architectures", "vgg16"])
     evaluate = config.get_configs(cub[3].argv)
-    assert evaluate.methods == ["gradcam", "gradcam++", "xgradcam", "layercam"]
-    assert evaluate.fidelity and evaluate.network == "vgg16_gradcam"
+    assert evaluate.cams.methods == ("gradcam", "gradcam++", "xgradcam", "layercam")
+    assert evaluate.evaluation.fidelity and evaluate.model.network == "vgg16_gradcam"
     finetune, evaluate = plan(["--dataset", "OpenImages", "--architectures", "resnet50"])
     # Grad-CAM's published ResNet50 recipe (no large feature map, weight decay
     # 5e-4) serves the unpublished CAM row as well: one fine-tuning scores both.
     assert finetune.experiment == evaluate.experiment == "OpenImages_resnet50_b2"
     finetune, evaluate = config.get_configs(finetune.argv), config.get_configs(evaluate.argv)
-    assert finetune.weight_decay == 5e-4 and not finetune.large_feature_map
-    assert evaluate.methods == ["cam", "gradcam"]
+    assert finetune.optim.weight_decay == 5e-4 and not finetune.model.large_feature_map
+    assert evaluate.cams.methods == ("cam", "gradcam")
 
 
 def test_cars_trains_its_vanilla_models_first(tmp_path):
@@ -140,18 +143,19 @@ def test_cars_trains_its_vanilla_models_first(tmp_path):
                   "--pretrained_dir", str(tmp_path), "--log_root", "logs"])
     assert [s.kind for s in steps] == ["vanilla", "finetune", "evaluate"] * 2
     vanilla = config.get_configs(steps[0].argv)
-    assert vanilla.model_structure == "vanilla" and vanilla.skip_eval
-    assert vanilla.network == "vgg16" and vanilla.epochs == 10 and vanilla.lr == 1e-3
-    assert vanilla.lr_decay_frequency == 15
-    assert vanilla.pretrained_path == str(tmp_path / "vgg16-397923af.pth")
+    assert vanilla.model.model_structure == "vanilla" and vanilla.runtime.skip_eval
+    assert vanilla.model.network == "vgg16" and vanilla.optim.epochs == 10
+    assert vanilla.optim.lr == 1e-3
+    assert vanilla.optim.lr_decay_frequency == 15
+    assert vanilla.model.pretrained_path == str(tmp_path / "vgg16-397923af.pth")
     grad_vanilla = config.get_configs(steps[3].argv)
-    assert grad_vanilla.network == "vgg16_gradcam"
+    assert grad_vanilla.model.network == "vgg16_gradcam"
     for vanilla_step, finetune in ((steps[0], steps[1]), (steps[3], steps[4])):
         last = os.path.join("logs", vanilla_step.experiment, "last_checkpoint.pth.tar")
         assert flag(finetune, "--ft_ckpt") == last
-    assert config.get_configs(steps[1].argv).epochs == 10
+    assert config.get_configs(steps[1].argv).optim.epochs == 10
     inception = plan(["--dataset", "CARS", "--architectures", "inception_v3"])
-    lrs = [config.get_configs(s.argv).lr for s in inception if s.kind == "vanilla"]
+    lrs = [config.get_configs(s.argv).optim.lr for s in inception if s.kind == "vanilla"]
     assert lrs == [5.678e-3, 5e-4]
     # A trained vanilla model given explicitly replaces the training step.
     steps = plan(["--dataset", "CARS", "--architectures", "resnet50", "--methods", "cam",
@@ -160,22 +164,29 @@ def test_cars_trains_its_vanilla_models_first(tmp_path):
     assert flag(steps[0], "--ft_ckpt") == "mine.pth"
 
 
+def setting(settings, path: str):
+    section, name = path.split(".")
+    return getattr(getattr(settings, section), name)
+
+
 def test_synth_recipe_is_the_demo_recipe():
     steps = plan(["--dataset", "SYNTH"])
     assert [s.kind for s in steps] == ["vanilla", "finetune", "evaluate"]
     ours = config.get_configs(steps[0].argv)
     demo = config.get_configs([*main_module.DEMO_COMMON, *main_module.DEMO_VANILLA])
-    for key in ("epochs", "lr", "lr_decay_frequency", "weight_decay", "lr_classifier_ratio",
-                "resize_size", "crop_size", "large_feature_map", "batch_size",
-                "cam_curve_interval", "architecture"):
-        assert getattr(ours, key) == getattr(demo, key), key
+    for key in ("optim.epochs", "optim.lr", "optim.lr_decay_frequency", "optim.weight_decay",
+                "optim.lr_classifier_ratio", "data.resize_size", "data.crop_size",
+                "model.large_feature_map", "optim.batch_size", "evaluation.cam_curve_interval",
+                "model.network"):
+        assert setting(ours, key) == setting(demo, key), key
     ours = config.get_configs(steps[1].argv)
     demo = config.get_configs([*main_module.DEMO_COMMON, *main_module.DEMO_B2,
                                "--ft_ckpt", "v.pth"])
-    for key in ("epochs", "lr", "lr_decay_frequency", "weight_decay", "resize_size",
-                "crop_size", "large_feature_map", "cam_curve_interval"):
-        assert getattr(ours, key) == getattr(demo, key), key
-    assert config.get_configs(steps[2].argv).methods == ["cam", "gradcam"]
+    for key in ("optim.epochs", "optim.lr", "optim.lr_decay_frequency", "optim.weight_decay",
+                "data.resize_size", "data.crop_size", "model.large_feature_map",
+                "evaluation.cam_curve_interval"):
+        assert setting(ours, key) == setting(demo, key), key
+    assert config.get_configs(steps[2].argv).cams.methods == ("cam", "gradcam")
 
 
 def test_dry_run_lists_the_learning_rate_of_every_group(capsys):
@@ -200,7 +211,7 @@ def test_extra_flags_come_last_and_override_the_recipe():
                                                       "vgg16", "--methods", "cam"])
     steps = run_experiments.build_plan(args, ["--epochs", "2", "--wandb", "offline"])
     parsed = config.get_configs(steps[0].argv)
-    assert parsed.epochs == 2 and parsed.wandb == "offline"
+    assert parsed.optim.epochs == 2 and parsed.runtime.wandb == "offline"
 
 
 def test_bad_plans_are_reported():
@@ -496,7 +507,7 @@ def test_bench_throughput_runs_small_and_reports_every_ratio(tmp_path, capsys):
     rows = bench.main(["--archs", "resnet18", "--image_size", "32", "--batch_size", "4",
                        "--steps", "2", "--rounds", "2", "--warmup", "1", "--num_classes", "10",
                        "--workers", "0", "--disk_image_size", "48x40", "--device", "cpu",
-                       "--branches", "softmax,sigmoid", "--json", str(out)])
+                       "--cam_branch", "softmax,sigmoid", "--json", str(out)])
     (row,) = rows
     for source in ("memory", "disk"):
         for key in ("forward", "fwd+bwd", f"fine-tune ({source})", f"evaluate ({source})"):
@@ -544,7 +555,7 @@ def test_bench_eval_scores_a_trained_models_maps_like_wsolevaluation(tiny_synth_
         "--skip_eval"]))
     code = bench_eval.main([
         "--groups", "trained", "--num_maps", "12", "--cam_curve_interval", "0.01",
-        "--repeats", "1", "--workers", "1", "--checkpoint",
+        "--repeats", "1", "--box_threads", "1", "--checkpoint",
         str(tmp_path / "runs" / "v" / "last_checkpoint.pth.tar"),
         "--data_root", str(tmp_path / "dataset"), "--metadata_root", str(tmp_path / "metadata")])
     out = capsys.readouterr().out

@@ -8,7 +8,7 @@ The front door::
 :class:`CAMModel` wraps any classifier (its CAM layer and head) and adds the
 sigmoid branch; :func:`compute_cams` computes every CAM method from one pass;
 :func:`evaluation_maps` gives the maps the metrics score.  The rest:
-:mod:`wsol.method` (the method's rules), :mod:`wsol.cams`, :mod:`wsol.metrics`
+:mod:`wsol.dual_branch` (the method's rules), :mod:`wsol.cams`, :mod:`wsol.metrics`
 (box, mask and fidelity evaluators), :mod:`wsol.protocol` (wsolevaluation's
 definitions), :mod:`wsol.data`, :mod:`wsol.architectures`, :mod:`wsol.runtime`
 (training, checkpoints, devices), :mod:`wsol.visualize`.

@@ -20,7 +20,7 @@ released checkpoints use, so those load unchanged:
 ``sigmoid_branch`` is the name the public code gives the sigmoid branch of
 each network (``fc2``, ``SPG_A4_2``, ``classifier_2``, ``head2``);
 ``lr_rule`` is the wsolevaluation learning-rate rule of the network
-(:mod:`wsol.training`); ``branch_init`` the public code's random
+(:mod:`wsol.runtime.training`); ``branch_init`` the public code's random
 initialisation of the branch.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.models import inception as tv_inception
 
-from wsol.method import normal_branch_init
+from wsol.dual_branch import normal_branch_init
 from wsol.model import CAMModel
 from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
 
@@ -109,7 +109,8 @@ class ArchitectureSpec:
 # ---------------------------------------------------------------------------
 def _set_stride_one(block: nn.Module) -> None:
     """Make the first block of a torchvision ResNet stage keep the resolution."""
-    strided = block.conv2 if isinstance(block, torchvision.models.resnet.Bottleneck) else block.conv1
+    bottleneck = isinstance(block, torchvision.models.resnet.Bottleneck)
+    strided = block.conv2 if bottleneck else block.conv1
     strided.stride = (1, 1)
     if block.downsample is not None:
         block.downsample[0].stride = (1, 1)

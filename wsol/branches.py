@@ -36,7 +36,7 @@ BRANCHES = tuple(BRANCH_RULES)
 
 # What is clamped at zero in a branch's maps (the ``clamp_rule`` of a results
 # row): nothing; the weights of each map (channel or element-wise, the
-# method's rule: wsol.method.clamp_weights); or ReCAM's two factors W1 and W2
+# method's rule: wsol.dual_branch.clamp_weights); or ReCAM's two factors W1 and W2
 # before their product (wsol.recam.recam_class_weights).
 CLAMP_RULES = ("none", "weights", "factors")
 

@@ -12,11 +12,15 @@ import errno
 import os
 import shutil
 
-__all__ = ["UserError", "WriteError", "write_failure"]
+__all__ = ["UserError", "WriteError", "write_failure", "ModelCheckError"]
 
 
 class UserError(ValueError):
     """Something the user can fix; the message says what and how."""
+
+
+class ModelCheckError(UserError):
+    """The CAM layer and head of a model do not fit the CAM methods asked for."""
 
 
 class WriteError(UserError):

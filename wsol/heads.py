@@ -17,8 +17,10 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from wsol.errors import ModelCheckError
+
 __all__ = ["HeadNotLinear", "head_classes", "head_channels", "class_dim", "class_weights",
-           "LogitsExtractor"]
+           "LogitsExtractor", "check_weight_channels"]
 
 _PASS_THROUGH = (nn.Flatten, nn.Dropout, nn.Identity)
 
@@ -132,3 +134,13 @@ class LogitsExtractor:
         if not isinstance(found, torch.Tensor):
             raise ValueError(f"the model's logits are a {type(found).__name__}, not a tensor")
         return found
+
+
+def check_weight_channels(weight: torch.Tensor, channels: int, head: str, layer: str) -> None:
+    """The head's class weights ``[C, K]`` must act on the ``channels`` of the
+    CAM layer: a :class:`wsol.errors.ModelCheckError` naming both otherwise."""
+    if weight.shape[1] != channels:
+        raise ModelCheckError(
+            f"the head {head!r} reads {weight.shape[1]} features but the CAM layer "
+            f"{layer!r} has {channels} channels: cam needs the head to act "
+            f"on the spatial mean of the CAM layer's output")

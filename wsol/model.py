@@ -11,7 +11,7 @@ input and appends its outputs as extra classes, so whatever follows the head
 ``forward`` needs no change.  The logits are then split back into the softmax
 and sigmoid branches.  :func:`wsol.cams.verify_cam_model` checks on a real
 forward that this holds for the model at hand; the method's own rules
-(initialisation, loss, clamp) are in :mod:`wsol.method`.
+(initialisation, loss, clamp) are in :mod:`wsol.dual_branch`.
 
 Checkpoints name the branch as the method's public code does for each
 network (``fc2``, ``SPG_A4_2``, ``classifier_2``, ``head2``:
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from wsol.heads import LogitsExtractor, class_dim, class_weights, head_channels, head_classes
 from wsol.layouts import FeatureLayout, ResolvedLayout
 from wsol.branches import BRANCHES
-from wsol.method import SIGMOID_BRANCH, clamp_weights, normal_branch_init
+from wsol.dual_branch import SIGMOID_BRANCH, clamp_weights, normal_branch_init
 from wsol.recam import new_reactivation_head, recam_class_weights
 
 __all__ = ["CAMModel", "FROZEN_MODES"]

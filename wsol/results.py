@@ -6,7 +6,9 @@ infinities), atomically, so every results file parses with a strict parser.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 from typing import Any
@@ -15,7 +17,10 @@ from wsol.branches import row_label
 from wsol.errors import write_failure
 
 __all__ = ["TABLE_COLUMNS", "format_table", "json_ready", "write_json", "read_json", "run_record",
-           "branch_row", "row_clamp_rule", "row_branch_label"]
+           "branch_row", "row_clamp_rule", "row_branch_label", "evaluation_record",
+           "results_path"]
+
+log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP", "mIoU",
                  "mIoU (best t, chosen on GT)", "best t")
@@ -157,3 +162,40 @@ def run_record(command: list[str], code_dir: str, device: str | None = None,
             "git_dirty": None if status is None else bool(status), "versions": versions,
             "device": device, "seed": seed,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def evaluation_record(settings) -> dict:
+    """What an evaluation's numbers depend on besides the model (a
+    :class:`wsol.settings.RunSettings`): its settings, and the methods with theirs."""
+    evaluation, cams = settings.evaluation, settings.cams
+    return {"split": evaluation.split,
+            "checkpoint": evaluation.checkpoint if settings.runtime.eval_only else "last",
+            "methods": [repr(m) for m in cams.instances()], "branches": list(cams.branches),
+            "clamp": cams.clamp, "cam_curve_interval": evaluation.cam_curve_interval,
+            "iou_threshold_list": list(evaluation.iou_threshold_list),
+            "loc_threshold": evaluation.loc_threshold,
+            "multi_contour_eval": evaluation.multi_contour_eval,
+            "choices": settings.choices.as_dict(), "fidelity": evaluation.fidelity,
+            "fidelity_steps": evaluation.fidelity_steps, "crop_size": settings.data.crop_size,
+            "recam_map": settings.model.recam_map, "recam_clamp": settings.model.recam_clamp,
+            "tta_scales": list(evaluation.tta_scales),
+            "seed_threshold": evaluation.seed_threshold}
+
+
+def results_path(folder: str, split: str, evaluation: dict) -> str:
+    """``results_<split>.json``, unless it holds an evaluation of other
+    settings: then ``results_<split>_<fingerprint>.json`` (nothing is overwritten
+    by numbers of other settings)."""
+    path = os.path.join(folder, f"results_{split}.json")
+    if os.path.isfile(path):
+        try:
+            previous = read_json(path).get("evaluation")
+        except (OSError, ValueError, AttributeError):
+            previous = None
+        if previous is not None and previous != json_ready(evaluation):
+            digest = hashlib.sha1(json.dumps(json_ready(evaluation), sort_keys=True)
+                                  .encode()).hexdigest()[:8]
+            path = os.path.join(folder, f"results_{split}_{digest}.json")
+            log.info("results_%s.json holds an evaluation of other settings; writing %s",
+                     split, os.path.basename(path))
+    return path

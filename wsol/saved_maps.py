@@ -20,8 +20,8 @@ from typing import Any, Iterable, Mapping
 from wsol.errors import UserError
 from wsol.results import read_json, write_json
 
-__all__ = ["RECORD", "SCORED_SETTINGS", "SavedRecord", "write_record", "read_record",
-           "adopt_settings", "describe_settings"]
+__all__ = ["RECORD", "SCORED_SETTINGS", "SavedRecord", "MapWriter", "write_record",
+           "read_record", "adopt_settings", "describe_settings", "scored_settings"]
 
 RECORD = "run.json"
 # The settings of the box / mask / seed numbers, as main.py's flags name them.
@@ -37,6 +37,50 @@ class SavedRecord:
     source: str = ""                       # the file(s) it was read from, for messages
 
 
+def scored_settings(settings) -> dict[str, Any]:
+    """The :data:`SCORED_SETTINGS` of a run (a :class:`wsol.settings.RunSettings`)
+    that its saved maps' numbers depend on."""
+    evaluation, choices = settings.evaluation, settings.choices
+    if settings.data.info.multi_label:
+        return {"seed_threshold": evaluation.seed_threshold}
+    return {"cam_curve_interval": evaluation.cam_curve_interval,
+            "iou_threshold_list": evaluation.iou_threshold_list,
+            "loc_threshold": evaluation.loc_threshold, "first_box_only": choices.first_box_only,
+            "multi_contour_eval": evaluation.multi_contour_eval,
+            "threshold_list": choices.threshold_list}
+
+
+class MapWriter:
+    """Writes a run's maps under ``folder`` (``<method>_<branch>/<image_id>.npy``,
+    seeds ``.npz``) and, at the end, the record beside them."""
+
+    def __init__(self, folder: str, settings: Mapping[str, Any], rank: int | None = None):
+        self.folder, self.settings, self.rank = folder, dict(settings), rank
+        self.predictions: dict[str, int] = {}  # image id -> the softmax head's top-1
+
+    def _path(self, method: str, branch: str, image_id: str, suffix: str) -> str:
+        path = os.path.join(self.folder, f"{method}_{branch}", image_id + suffix)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
+    def save(self, maps, image_ids: Iterable[str], method: str, branch: str) -> None:
+        """Normalised maps [B, H, W] (a tensor on any device), one file each."""
+        import numpy as np
+        for array, image_id in zip(maps.float().cpu().numpy(), image_ids):
+            np.save(self._path(method, branch, image_id, ".npy"), array)
+
+    def save_seeds(self, maps, keys: Iterable[int], image_id: str, method: str,
+                   branch: str) -> None:
+        """One image's seed maps [K, H, W] and their class indices."""
+        import numpy as np
+        np.savez(self._path(method, branch, image_id, ".npz"), maps=maps,
+                 keys=np.asarray(list(keys), np.int64))
+
+    def write_record(self, clamp_rules: Mapping[str, str]) -> str:
+        return write_record(self.folder, self.settings, self.predictions, clamp_rules,
+                            self.rank)
+
+
 def record_name(rank: int | None) -> str:
     return RECORD if rank is None else f"run.rank{rank}.json"
 
@@ -44,6 +88,7 @@ def record_name(rank: int | None) -> str:
 def write_record(folder: str, settings: Mapping[str, Any], predictions: Mapping[str, int],
                  clamp_rules: Mapping[str, str], rank: int | None = None) -> str:
     """Write the record of one process (``rank`` None: the only one)."""
+    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, record_name(rank))
     unknown = set(settings) - set(SCORED_SETTINGS)
     if unknown:
@@ -135,3 +180,66 @@ def describe_settings(values: Mapping[str, Any], keys: Iterable[str],
     where = (f"the run's, from {record.source}" if record is not None
              else "evaluation.py's defaults and flags: no run record beside the maps")
     return f"(scored with {used}: {where})"
+
+
+# ---------------------------------------------------------------------------
+# Scoring saved maps (evaluation.py)
+# ---------------------------------------------------------------------------
+_BATCH = 256  # maps read and handed to the evaluators at a time
+
+
+def pair_folders(root: str, methods: Iterable[str]) -> dict[tuple[str, str], str]:
+    """(method, branch) -> folder: main.py's ``<method>_<branch>/`` sub-folders,
+    or the folder itself (wsolevaluation's layout) as ``("maps", "-")``."""
+    known = set(methods)
+    pairs = {}
+    for name in sorted(os.listdir(root)):
+        method, _, branch = name.rpartition("_")
+        if method in known and os.path.isdir(os.path.join(root, name)):
+            pairs[(method, branch)] = os.path.join(root, name)
+    return pairs or {("maps", "-"): root}
+
+
+def _load_scoremap(folder: str, image_id: str):
+    import numpy as np
+    # wsolevaluation saves np.save(join(root, image_id)) -> "<image_id>.npy".
+    path = os.path.join(folder, image_id + ".npy")
+    if not os.path.isfile(path):
+        raise UserError(f"missing score map for image {image_id!r}: {path} (was it "
+                        f"saved with --save_scoremaps for this split?)")
+    # wsolevaluation's loader turns every map into float64 (t2n).
+    return np.load(path, allow_pickle=False).astype(np.float64, copy=False)
+
+
+def _load_seed_maps(folder: str, image_id: str):
+    import numpy as np
+    path = os.path.join(folder, image_id + ".npz")
+    if not os.path.isfile(path):
+        raise UserError(f"missing seed maps for image {image_id!r}: {path} (was it "
+                        f"saved with --save_scoremaps for this split?)")
+    with np.load(path, allow_pickle=False) as saved:
+        return saved["maps"], saved["keys"]
+
+
+def score_saved_maps(folders: Mapping[tuple[str, str], str], evaluators,
+                     image_ids: Iterable[str],
+                     corrects: Mapping[str, bool] | None = None) -> list[dict]:
+    """Feed the maps of each (method, branch) folder to a run's evaluators
+    (a :class:`wsol.metrics.EvaluatorSet` over the same pairs) and return its
+    rows: box and mask maps in batches of float64 maps, one by one as
+    wsolevaluation scores them; seed maps image by image."""
+    from wsol.metrics import MapBatch, SeedBatch
+    image_ids = list(image_ids)
+    seeds = evaluators.context.dataset.multi_label
+    for (method, branch), folder in folders.items():
+        if seeds:
+            for image_id in image_ids:
+                maps, keys = _load_seed_maps(folder, image_id)
+                evaluators.process(SeedBatch(method, branch, image_id, maps, keys))
+            continue
+        for start in range(0, len(image_ids), _BATCH):
+            ids = image_ids[start:start + _BATCH]
+            verdicts = None if corrects is None else [corrects.get(i) for i in ids]
+            evaluators.process(MapBatch(method, branch, [_load_scoremap(folder, i) for i in ids],
+                                        ids, verdicts, normalized=True))
+    return evaluators.rows()

@@ -15,7 +15,7 @@ from wsol.model import CAMModel
 from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
 from wsol.runtime.acceleration import Acceleration, autocast
 
-__all__ = ["seed_maps", "seed_pass", "SeedPass", "SEED_RESIZES", "SEED_EPS"]
+__all__ = ["seed_maps", "seed_maps_with_logits", "SeedMaps", "SEED_RESIZES", "SEED_EPS"]
 
 RECAM_STRIDE = 16  # ReCAM's ResNet50 output stride, which its seed maps are resized to
 SEED_EPS = 1e-5  # ReCAM's guard in the per-class max normalisation
@@ -25,7 +25,7 @@ SEED_RESIZES = ("image", "recam")
 
 
 @dataclass
-class SeedPass:
+class SeedMaps:
     maps: dict[tuple[str, str], torch.Tensor]  # (method, branch) -> [K, H, W] in [0, 1]
     logits: torch.Tensor | None                # softmax-head logits [1, C] of the image at
                                                # scale 1.0, unflipped (None: no such pass)
@@ -36,15 +36,15 @@ def seed_maps(model: CAMModel, image: torch.Tensor, classes: Sequence[int],
               clamp: bool = True, accel: Acceleration = Acceleration(), resize: str = "image",
               normalization: tuple = (IMAGENET_MEAN, IMAGENET_STD)
               ) -> dict[tuple[str, str], torch.Tensor]:
-    """Seed maps of one image: :func:`seed_pass`'s maps."""
-    return seed_pass(model, image, classes, methods, branches, scales, clamp, accel, resize,
-                     normalization).maps
+    """Seed maps of one image: :func:`seed_maps_with_logits`'s maps."""
+    return seed_maps_with_logits(model, image, classes, methods, branches, scales, clamp, accel,
+                                 resize, normalization).maps
 
 
-def seed_pass(model: CAMModel, image: torch.Tensor, classes: Sequence[int],
+def seed_maps_with_logits(model: CAMModel, image: torch.Tensor, classes: Sequence[int],
               methods: Sequence[CAMMethod], branches: Sequence[str], scales: Sequence[float],
               clamp: bool = True, accel: Acceleration = Acceleration(), resize: str = "image",
-              normalization: tuple = (IMAGENET_MEAN, IMAGENET_STD)) -> SeedPass:
+              normalization: tuple = (IMAGENET_MEAN, IMAGENET_STD)) -> SeedMaps:
     """Seed maps of one image ``[1, 3, H, W]`` for its ground-truth ``classes``
     (ascending): ``{(method, branch): [K, H, W]}`` in [0, 1], and the logits of
     the image as it is from the same forward (classification needs no other).
@@ -97,7 +97,7 @@ def seed_pass(model: CAMModel, image: torch.Tensor, classes: Sequence[int],
                     summed, size=size, mode="bilinear", align_corners=False)[:, 0, :height, :width]
                 key = (method, branch)
                 sums[key] = resized if key not in sums else sums[key] + resized
-    return SeedPass({key: m / (m.amax((1, 2), keepdim=True) + SEED_EPS)
+    return SeedMaps({key: m / (m.amax((1, 2), keepdim=True) + SEED_EPS)
                      for key, m in sums.items()}, logits)
 
 

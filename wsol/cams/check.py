@@ -13,16 +13,13 @@ import torch
 
 from wsol.cams.capture import branch_logits, capture, captured, full_precision
 from wsol.cams.methods import CAMMethod, resolve_methods
-from wsol.errors import UserError
+from wsol.errors import ModelCheckError
+from wsol.heads import check_weight_channels
 from wsol.model import CAMModel
 
-__all__ = ["ModelCheckError", "verify_cam_model", "check_weight_channels"]
+__all__ = ["ModelCheckError", "verify_cam_model"]
 
 Tensor = torch.Tensor
-
-
-class ModelCheckError(UserError):
-    """The CAM layer and head of a :class:`CAMModel` do not fit together."""
 
 
 def verify_cam_model(model: CAMModel, images: Tensor,
@@ -163,7 +160,8 @@ def _check_maps(model: CAMModel, probe: Tensor, branches: Sequence[str],
             weights[branch] = model.class_weights(branch)
         except ValueError as error:
             raise ModelCheckError(str(error)) from None
-        check_weight_channels(model, weights[branch][0], activations.shape[1])
+        check_weight_channels(weights[branch][0], activations.shape[1], model.head_name,
+                              model.feature_layer_name)
     pooled = activations.mean((2, 3))
     read = head_input.detach()
     read = read.mean((2, 3)) if read.dim() == 4 else read.flatten(1)
@@ -217,11 +215,3 @@ def _pooled_layer_hint(model: CAMModel, probe: Tensor, head_input: Tensor) -> st
         return f"pass the layer whose output it pools: {found[-1]!r}"
     return ("no module's averaged output is its input (it reads e.g. a class token or "
             "normalised features): use a gradient method (gradcam, gradcam++, layercam, ...)")
-
-
-def check_weight_channels(model: CAMModel, weight: Tensor, channels: int) -> None:
-    if weight.shape[1] != channels:
-        raise ModelCheckError(
-            f"the head {model.head_name!r} reads {weight.shape[1]} features but the CAM layer "
-            f"{model.feature_layer_name!r} has {channels} channels: cam needs the head to act "
-            f"on the spatial mean of the CAM layer's output")

@@ -13,7 +13,7 @@ and the weighted sum are shared); element-wise methods override
 :func:`wsol.cams.evaluation_maps`.  CAM has none (wsolevaluation min-max
 normalises the raw CAM).  HiResCAM has none either: its paper proves it equal
 to CAM (up to ``1/Z``) for a GAP + linear head.  On the sigmoid branch every
-weight is clamped at zero (:func:`wsol.method.clamp_weights`): the channel
+weight is clamped at zero (:func:`wsol.dual_branch.clamp_weights`): the channel
 weights of cam, gradcam, gradcam++, smoothgradcam++ and xgradcam and the
 element-wise weights ``g`` of hirescam; layercam already uses ``ReLU(g)``,
 scorecam's weights are probabilities, eigencam has no weights and no class.
@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from wsol.branches import branch_rule
 from wsol.cams.capture import branch_logits, target_gradients
-from wsol.method import clamp_weights
+from wsol.heads import check_weight_channels
+from wsol.dual_branch import clamp_weights
 from wsol.model import CAMModel
 from wsol.protocol import normalize_maps
 
@@ -58,9 +59,9 @@ class CAMInputs:
 
     def class_weights(self) -> Tensor:
         """Head weights of each image's target class on the branch: [B, K]."""
-        from wsol.cams.check import check_weight_channels
         weight, _ = self.model.class_weights(self.branch)
-        check_weight_channels(self.model, weight, self.activations.shape[1])
+        check_weight_channels(weight, self.activations.shape[1], self.model.head_name,
+                              self.model.feature_layer_name)
         return weight[self.targets].to(self.activations.dtype)
 
 

@@ -24,7 +24,7 @@ import os
 import random
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable, Iterator, Sequence
 
 from PIL import Image, UnidentifiedImageError
@@ -365,32 +365,49 @@ def _copy(record: Record) -> Record:
                   list(record.masks), record.ignore, record.size)
 
 
-def build_val(args: argparse.Namespace, train: list[Record], image_root: str,
+@dataclass(frozen=True)
+class ValPlan:
+    """Where a dataset's full-supervision val split comes from (the flags of
+    :func:`make_parser` of the same names)."""
+    val_source: str | None = None
+    num_val_sample_per_class: int = 5
+    seed: int = 0
+    exclude_val_from_train: bool = False
+    clip_boxes: bool = False
+    workers: int = 8
+
+    @classmethod
+    def of(cls, values: dict) -> "ValPlan":
+        """The plan among a script's settings (``vars`` of its parsed flags)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+
+def build_val(plan: ValPlan, train: list[Record], image_root: str,
               num_classes: int, stats: Stats,
               usable: Callable[[Record], bool] | None = None
               ) -> tuple[list[Record], list[Record]]:
     """The full-supervision val split and the (possibly reduced) train split.
 
-    With ``--val_source`` the val split is read from that folder (SPEC §3 box
-    format).  Otherwise it is a seeded sample of ``--num_val_sample_per_class``
-    train images per class with their boxes; those images stay in train unless
-    ``--exclude_val_from_train``."""
-    if args.val_source:
-        val = read_wsol_split(args.val_source, image_root, num_classes,
-                              args.clip_boxes, stats, args.workers)
+    With ``val_source`` the val split is read from that folder (the box format
+    of docs/protocol.md, "Metadata").  Otherwise it is a seeded sample of
+    ``num_val_sample_per_class`` train images per class with their boxes;
+    those images stay in train unless ``exclude_val_from_train``."""
+    if plan.val_source:
+        val = read_wsol_split(plan.val_source, image_root, num_classes,
+                              plan.clip_boxes, stats, plan.workers)
         stats.notes.append(f"val: {len(val)} images read from --val_source "
-                           f"{args.val_source}")
+                           f"{plan.val_source}")
         shared = {r.image_id for r in train} & {r.image_id for r in val}
         if shared:
             stats.notes.append(f"WARNING: {len(shared)} --val_source image(s) are also "
                                f"train images (first: {sorted(shared)[0]})")
         return val, train
-    val = sample_per_class(train, args.num_val_sample_per_class, args.seed, stats,
+    val = sample_per_class(train, plan.num_val_sample_per_class, plan.seed, stats,
                            usable)
     if not val:
         raise PrepareError("no train image has a bounding box, so no val split can be "
                            "sampled from train; pass --val_source")
-    if args.exclude_val_from_train:
+    if plan.exclude_val_from_train:
         taken = {r.image_id for r in val}
         kept = [r for r in train if r.image_id not in taken]
         emptied = sorted({r.label for r in train} - {r.label for r in kept})
@@ -401,13 +418,13 @@ def build_val(args: argparse.Namespace, train: list[Record], image_root: str,
                 f"--num_val_sample_per_class or keep the val images in train")
         train = kept
         stats.notes.append(
-            f"val: {len(val)} images sampled from TRAIN ({args.num_val_sample_per_class}"
-            f"/class, seed {args.seed}) and removed from train "
+            f"val: {len(val)} images sampled from TRAIN ({plan.num_val_sample_per_class}"
+            f"/class, seed {plan.seed}) and removed from train "
             f"(--exclude_val_from_train)")
     else:
         stats.notes.append(
-            f"val: {len(val)} images sampled from TRAIN ({args.num_val_sample_per_class}"
-            f"/class, seed {args.seed}); they ALSO stay in train (no held-out "
+            f"val: {len(val)} images sampled from TRAIN ({plan.num_val_sample_per_class}"
+            f"/class, seed {plan.seed}); they ALSO stay in train (no held-out "
             f"full-supervision set given: pass --val_source, or "
             f"--exclude_val_from_train)")
     return val, train
@@ -529,8 +546,8 @@ def make_parser(description: str, default_val_per_class: int | None,
         if val_source:
             parser.add_argument(
                 "--val_source", default=None,
-                help="folder of the held-out full-supervision val set in the SPEC §3 "
-                     "box format (image_ids.txt, class_labels.txt, localization.txt), "
+                help="folder of the held-out full-supervision val set in the box format "
+                     "of docs/protocol.md (image_ids.txt, class_labels.txt, localization.txt), "
                      "its images under the dataset's image folder; without it, val "
                      "is sampled from TRAIN (see --num_val_sample_per_class)")
         parser.add_argument(

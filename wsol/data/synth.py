@@ -717,7 +717,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    params = {key: getattr(args, key) for key in _DEFAULTS}
+    params = {key: vars(args)[key] for key in _DEFAULTS}
     start = time.perf_counter()
     try:
         if args.if_needed:

@@ -2,11 +2,15 @@
 
 :class:`BoxEvaluator` keeps wsolevaluation's shape -- constructed from a
 split's metadata, ``accumulate(scoremap, image_id)`` per map, then
-``compute()`` -- and its results, bit for bit.  Its state is integer counts
+``compute()`` -- and its results, bit for bit; in a run it follows the
+evaluator protocol (:mod:`wsol.metrics.base`).  Its state is integer counts
 (``state()`` / ``load_state()``), so evaluators of several processes add up.
 How the counts are obtained is a strategy (:mod:`wsol.metrics.box_scoring`):
 ``scorer="fast"`` (default) or ``"reference"``.  Both contour modes and the
 GT-known / Top-1 Loc counts come from the same pass.
+
+Maps on a GPU reach it through :class:`DeviceHandOff`: quantised there, copied
+to the host asynchronously and scored on CPU threads while the GPU goes on.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import logging
 import math
 import os
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -21,11 +26,12 @@ import torch
 
 from wsol.data.metadata import GroundTruth
 from wsol.metrics import _box_kernels as kernels
+from wsol.metrics.base import EvalContext, Evaluator, MapBatch
 from wsol.metrics.box_scoring import (COUNT_KEYS, BoxSettings, FastScorer, ReferenceScorer,
                                       zero_counts)
 from wsol.protocol import RESIZE_LENGTH, check_scoremap_type, quantise_maps
 
-__all__ = ["LocalizationEvaluator", "BoxEvaluator"]
+__all__ = ["LocalizationEvaluator", "BoxEvaluator", "DeviceHandOff"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,7 @@ log = logging.getLogger(__name__)
 _FLUSH_SIZE = 256
 
 
-class LocalizationEvaluator:
+class LocalizationEvaluator(Evaluator):
     """wsolevaluation's base: annotations registered at construction,
     ``accumulate`` maps in a loop, then ``compute`` the performance."""
 
@@ -65,10 +71,6 @@ class LocalizationEvaluator:
     def load_state(self, state: dict) -> None:
         raise NotImplementedError
 
-    def merge(self, other: "LocalizationEvaluator") -> None:
-        """Add another evaluator's state (same settings) to this one's."""
-        mine, theirs = self.state(), other.state()
-        self.load_state({k: mine[k] + theirs[k] for k in mine})
 
 
 class BoxEvaluator(LocalizationEvaluator):
@@ -117,9 +119,45 @@ class BoxEvaluator(LocalizationEvaluator):
             self.scorer = ReferenceScorer(settings)
         else:
             raise ValueError(f"unknown scorer {scorer!r}; use 'fast' or 'reference'")
+        self._settings = settings
         self._counts = zero_counts(settings)
         self._pending: list[tuple[np.ndarray, str, bool | None]] = []
         self._inflight: list = []
+        self._hand_off: DeviceHandOff | None = None
+
+    @classmethod
+    def for_run(cls, context: EvalContext) -> "BoxEvaluator":
+        """The box evaluator of one (method, branch) of a run."""
+        threads = context.box_threads or os.cpu_count() or 1
+        return cls(metadata=context.metadata, dataset_name=context.dataset.name,
+                   split=context.split, cam_threshold_list=context.thresholds,
+                   iou_threshold_list=list(context.iou_threshold_list),
+                   mask_root=context.mask_folder,
+                   multi_contour_eval=context.multi_contour_eval,
+                   resize_length=context.resize_length, loc_threshold=context.loc_threshold,
+                   first_box_only=context.first_box_only, num_workers=threads,
+                   ground_truth=context.ground_truth, executor=context.executor)
+
+    # -- the evaluator protocol (wsol.metrics.base) -------------------------------
+    def reset(self) -> None:
+        self._flush()
+        self._counts = zero_counts(self._settings)
+
+    def process(self, batch: MapBatch) -> None:
+        """Saved maps one by one as wsolevaluation scores them; a run's raw maps
+        through the device hand-off."""
+        if batch.normalized:
+            corrects = batch.corrects if batch.corrects is not None else [None] * len(
+                batch.image_ids)
+            for scoremap, image_id, correct in zip(batch.maps, batch.image_ids, corrects):
+                self.accumulate(scoremap, image_id, correct)
+            return
+        if self._hand_off is None:
+            self._hand_off = DeviceHandOff(self)
+        self._hand_off.add(batch.maps, batch.image_ids, batch.corrects)
+
+    def evaluate(self) -> dict:
+        return self.summary()
 
     @property
     def gt_bboxes(self) -> dict[str, np.ndarray]:
@@ -167,7 +205,7 @@ class BoxEvaluator(LocalizationEvaluator):
         unlike ``accumulate``), constant maps in ``num_constant_maps``.
         ``corrects``: top-1 correctness per map (bool tensor, list, or None).
         Device maps are quantised where they are and copied to the host (the
-        evaluation pipeline does that copy asynchronously, see inference.py).
+        evaluation pipeline does that copy asynchronously: DeviceHandOff).
         """
         maps = torch.as_tensor(scoremaps) if isinstance(scoremaps, np.ndarray) else scoremaps
         if not isinstance(maps, torch.Tensor):
@@ -230,6 +268,8 @@ class BoxEvaluator(LocalizationEvaluator):
 
     def _flush(self) -> None:
         """Score everything accumulated; the counts are complete afterwards."""
+        if self._hand_off is not None:
+            self._hand_off.finish()
         self._flush_pending()
         while self._inflight:
             self._add(self._inflight.pop(0).result())
@@ -337,3 +377,59 @@ class BoxEvaluator(LocalizationEvaluator):
         out["num_top1_unknown"] = int(counts["num_top1_unknown"])
         out["multi_contour_eval"] = bool(self.multi_contour_eval)
         return out
+
+
+@dataclass
+class _HostBatch:
+    """Quantised maps of one batch on their way to the host."""
+    q: torch.Tensor            # (B, H, W) uint8
+    flags: torch.Tensor        # (3, B) bool: NaN map, constant map, values outside [0, 1]
+    corrects: torch.Tensor | None  # (B,) bool
+    image_ids: list[str]
+    ready: object = None       # a CUDA event recorded after the copies; None: on the host
+
+    def landed(self) -> bool:
+        return self.ready is None or self.ready.query()
+
+
+def _to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A host copy; from a CUDA tensor into pinned memory without waiting."""
+    if tensor.device.type != "cuda":
+        return tensor.cpu()
+    return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(
+        tensor, non_blocking=True)
+
+
+class DeviceHandOff:
+    """Feeds a box evaluator from maps on the device: quantises them there,
+    copies the uint8 maps and their flags to the host asynchronously, and
+    hands a batch over once its copy has landed -- at the latest when the next
+    batch arrives -- so the GPU always has queued work meanwhile."""
+
+    def __init__(self, evaluator: BoxEvaluator):
+        self.evaluator = evaluator
+        self._arriving: list[_HostBatch] = []
+
+    def add(self, maps: torch.Tensor, image_ids: list[str],
+            corrects: torch.Tensor | None) -> None:
+        q, nan, constant, outside = quantise_maps(maps, normalized=False)
+        batch = _HostBatch(_to_host(q), _to_host(torch.stack([nan, constant, outside])),
+                           None if corrects is None else _to_host(
+                               torch.as_tensor(corrects).detach().bool()), list(image_ids))
+        if maps.device.type == "cuda":
+            batch.ready = torch.cuda.Event()
+            batch.ready.record(torch.cuda.current_stream(maps.device))
+        self._arriving.append(batch)
+        while self._arriving and (len(self._arriving) > 1 or self._arriving[0].landed()):
+            self._hand_over(self._arriving.pop(0))
+
+    def finish(self) -> None:
+        while self._arriving:
+            self._hand_over(self._arriving.pop(0))
+
+    def _hand_over(self, batch: _HostBatch) -> None:
+        if batch.ready is not None:
+            batch.ready.synchronize()
+        self.evaluator.accumulate_quantised(
+            batch.q.numpy(), batch.image_ids,
+            None if batch.corrects is None else batch.corrects.tolist(), *batch.flags.numpy())

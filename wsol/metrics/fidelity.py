@@ -15,7 +15,9 @@
   are broken by pixel index (a stable sort), so results are deterministic.
 
 One :class:`FidelityEvaluator` per (CAM method, branch) accumulates the
-per-image values; ``compute()`` gives the four numbers.
+per-image values; ``compute()`` gives the four numbers.  In a run it follows
+the evaluator protocol (:mod:`wsol.metrics.base`): ``process`` scores each
+batch's masked images with the run's ``scorer`` (the model).
 """
 from __future__ import annotations
 
@@ -25,10 +27,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from wsol.metrics.base import EvalContext, Evaluator, MapBatch
+
 __all__ = ["FidelityEvaluator", "masked_images", "insertion_deletion_auc",
            "gaussian_blur"]
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+# (images, model output key) -> float64 log-probabilities [B, C] of the masked images
+Scorer = Callable[[torch.Tensor, str], torch.Tensor]
 
 
 def masked_images(images: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
@@ -134,7 +140,7 @@ def insertion_deletion_auc(score_fn: ScoreFn, images: torch.Tensor,
     return out
 
 
-class FidelityEvaluator:
+class FidelityEvaluator(Evaluator):
     """Accumulates per-image fidelity values of one (method, branch).
 
     ``accumulate(scores_full, scores_masked)``: the softmax-head probability
@@ -150,8 +156,40 @@ class FidelityEvaluator:
     KEYS = ("drop_sum", "num_increase", "num_confidence", "insertion_sum", "deletion_sum",
             "num_auc", "num_invalid")
 
-    def __init__(self) -> None:
+    def __init__(self, scorer: Scorer | None = None, steps: int = 0) -> None:
+        self.scorer = scorer  # needed by process()
+        self.steps = int(steps)  # > 0: insertion/deletion AUC in this many steps
         self._sums: torch.Tensor | None = None
+
+    @classmethod
+    def for_run(cls, context: EvalContext) -> "FidelityEvaluator":
+        return cls(context.fidelity_scorer, context.fidelity_steps)
+
+    # -- the evaluator protocol (wsol.metrics.base) -------------------------------
+    def reset(self) -> None:
+        self._sums = None
+
+    @torch.no_grad()
+    def process(self, batch: MapBatch) -> None:
+        """Score each image times its map (``batch.fidelity``: the protocol's
+        maps, classes and full-image logits) in log space: an overconfident
+        model's probabilities underflow to 0 even in float64."""
+        if self.scorer is None:
+            raise ValueError("FidelityEvaluator.process needs a scorer (the model)")
+        inputs, images = batch.fidelity, batch.images
+        saliency = F.interpolate(inputs.maps[:, None], size=images.shape[-2:],
+                                 mode="bilinear", align_corners=False)[:, 0]
+        index = inputs.classes[:, None]
+        full = inputs.logits.double().log_softmax(1).gather(1, index)[:, 0]
+        masked = self.scorer(masked_images(images, saliency), inputs.key).gather(1, index)[:, 0]
+        self.accumulate(full, masked, log_space=True)
+        if self.steps > 0:
+            auc = insertion_deletion_auc(lambda x: self.scorer(x, inputs.key).exp(), images,
+                                         saliency, inputs.classes, steps=self.steps)
+            self.accumulate_auc(auc["insertion"], auc["deletion"])
+
+    def evaluate(self) -> dict[str, float]:
+        return self.compute()
 
     def _totals(self) -> torch.Tensor:
         """The running sums (float64, in ``KEYS`` order); zeros if empty."""

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from wsol.data.metadata import GroundTruth
+from wsol.metrics.base import EvalContext, MapBatch
 from wsol.metrics.boxes import LocalizationEvaluator
 from wsol.protocol import RESIZE_LENGTH, check_scoremap_validity, normalize_maps
 
@@ -51,11 +52,36 @@ class MaskEvaluator(LocalizationEvaluator):
         if np.any(self.threshold_list_right_edge[:-1] > self.threshold_list_right_edge[1:]):
             raise ValueError("bins must increase monotonically "
                              "(cam_threshold_list must be sorted)")
+        self._edges_on: dict[torch.device, torch.Tensor] = {}
+        self.reset()
+
+    @classmethod
+    def for_run(cls, context: EvalContext) -> "MaskEvaluator":
+        """The PxAP evaluator of one (method, branch) of a run."""
+        return cls(metadata=context.metadata, dataset_name=context.dataset.name,
+                   split=context.split, cam_threshold_list=context.thresholds,
+                   mask_root=context.mask_folder, resize_length=context.resize_length,
+                   ground_truth=context.ground_truth)
+
+    # -- the evaluator protocol (wsol.metrics.base) -------------------------------
+    def reset(self) -> None:
         self.gt_true_score_hist = np.zeros(self.num_bins, dtype=np.int64)
         self.gt_false_score_hist = np.zeros(self.num_bins, dtype=np.int64)
         self._num_images = 0
-        self._device_hists: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._edges_on: dict[torch.device, torch.Tensor] = {}
+        self._device_hists: dict[torch.device, tuple] = {}
+
+    def process(self, batch: MapBatch) -> None:
+        """Saved maps one by one as wsolevaluation scores them; a run's raw maps
+        binned on their device."""
+        if batch.normalized:
+            for scoremap, image_id in zip(batch.maps, batch.image_ids):
+                self.accumulate(scoremap, image_id)
+        else:
+            self.accumulate_batch(batch.maps, batch.image_ids, normalized=False)
+
+    def evaluate(self) -> dict:
+        summary = self.summary()
+        return {"PxAP": summary["PxAP"], "mask_curves": summary["curves"]}
 
     def _mask(self, image_id: str) -> np.ndarray:
         return self.ground_truth.mask(image_id)
@@ -107,6 +133,7 @@ class MaskEvaluator(LocalizationEvaluator):
         labels = labels.to(device, non_blocking=True)
         if device not in self._edges_on:
             self._edges_on[device] = torch.from_numpy(self.threshold_list_right_edge).to(device)
+        if device not in self._device_hists:
             self._device_hists[device] = (
                 torch.zeros(self.num_bins, dtype=torch.int64, device=device),
                 torch.zeros(self.num_bins, dtype=torch.int64, device=device),

@@ -25,6 +25,7 @@ import numpy as np
 
 from wsol.data.metadata import (MetadataError, configure_metadata, get_image_ids,
                                 get_segmentation_paths)
+from wsol.metrics.base import EvalContext, Evaluator, SeedBatch
 
 __all__ = ["SegmentationEvaluator", "IGNORE_LABEL", "sweep_thresholds", "miou",
            "load_label_map"]
@@ -60,9 +61,10 @@ def load_label_map(path: str) -> np.ndarray:
         return np.array(image, dtype=np.uint8)
 
 
-class SegmentationEvaluator:
+class SegmentationEvaluator(Evaluator):
     """wsolevaluation's shape: constructed from a split's metadata,
-    ``accumulate(maps, keys, image_id)`` per image, then ``compute()``.
+    ``accumulate(maps, keys, image_id)`` per image, then ``compute()``; in a
+    run the evaluator protocol (:mod:`wsol.metrics.base`, :class:`SeedBatch`).
 
     ``maps``: float [K, H, W] in [0, 1], the maps of the image's ground-truth
     classes at the mask's size; ``keys``: their class indices (0-based,
@@ -85,8 +87,23 @@ class SegmentationEvaluator:
             raise MetadataError(f"{metadata['segmentation']}: no mask for {len(missing)} "
                                 f"image id(s) of image_ids.txt, first: {missing[0]!r}")
         self._thresholds: np.ndarray | None = None
+        self.reset()
+
+    @classmethod
+    def for_run(cls, context: EvalContext) -> "SegmentationEvaluator":
+        return cls(context.metadata, context.dataset.name, context.split, context.mask_folder,
+                   context.num_classes, context.seed_threshold)
+
+    # -- the evaluator protocol (wsol.metrics.base) -------------------------------
+    def reset(self) -> None:
         self._counts: np.ndarray | None = None  # [T + 1, C + 1, C + 1]
         self.num_images = 0
+
+    def process(self, batch: SeedBatch) -> None:
+        self.accumulate(batch.maps, batch.keys, batch.image_id)
+
+    def evaluate(self) -> dict:
+        return self.summary()
 
     def thresholds(self, dtype=np.float32) -> np.ndarray:
         if self._thresholds is None:
@@ -178,9 +195,6 @@ class SegmentationEvaluator:
         self._counts = counts.copy()
         self.num_images = int(np.asarray(state["num_images"]))
 
-    def merge(self, other: "SegmentationEvaluator") -> None:
-        mine, theirs = self.state(), other.state()
-        self.load_state({k: mine[k] + theirs[k] for k in mine})
 
 
 def segmentation_evaluator(metadata_root: str, mask_root: str, dataset_name: str, split: str,

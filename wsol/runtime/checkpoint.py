@@ -25,13 +25,15 @@ import torch.nn as nn
 
 from wsol.architectures import ArchitectureSpec, recognise_network
 from wsol.errors import UserError, write_failure
-from wsol.method import SIGMOID_BRANCH
+from wsol.dual_branch import SIGMOID_BRANCH
 from wsol.model import CAMModel
+from wsol.settings import RunSettings, read_run_settings
 
 __all__ = ["CheckpointError", "load_checkpoint_file", "save_checkpoint", "check_finite",
            "load_into_cam_model", "load_pretrained", "find_pretrained", "export_state_dict",
            "link_checkpoint", "MODEL_SETTINGS", "recorded_settings", "check_settings",
-           "resolve_settings", "model_from_checkpoint", "RECOGNISED", "peek_checkpoint"]
+           "resolve_settings", "model_from_checkpoint", "RECOGNISED", "peek_checkpoint",
+           "model_record"]
 
 
 class CheckpointError(UserError):
@@ -346,22 +348,23 @@ _DEFAULTS = {"large_feature_map": False, "crop_size": 224, "resize_size": 256,
              "replay": "none", "dataset_name": None, "recam": False, "head_bias": True}
 
 
+def model_record(settings: RunSettings) -> dict[str, Any]:
+    """What a checkpoint records of the run that wrote it (:data:`MODEL_SETTINGS`),
+    at the top level as the public code records ``architecture``."""
+    m, data, choices = settings.model, settings.data, settings.choices
+    return {"architecture": m.network, "num_classes": m.num_classes,
+            "model_structure": m.model_structure, "large_feature_map": m.large_feature_map,
+            "crop_size": data.crop_size, "resize_size": data.resize_size,
+            "cam_layer": m.cam_layer, "head": m.head, "sigmoid_init": choices.sigmoid_init,
+            "frozen_mode": choices.frozen_mode, "replay": settings.replay,
+            "dataset_name": data.dataset_name, "recam": m.recam, "head_bias": m.head_bias}
+
+
 def _experiment_config(path: str) -> dict:
-    """The ``config.json`` of the experiment folder holding ``path``, if any."""
-    config = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-    if not os.path.isfile(config):
-        return {}
-    import json
-    try:
-        with open(config, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    if "network" in data:  # the resolved architecture (config.json keeps both)
-        data["architecture"] = data["network"]
-    return data
+    """What the ``config.json`` of the experiment folder holding ``path`` records
+    of :data:`MODEL_SETTINGS` (empty without one)."""
+    settings = read_run_settings(os.path.dirname(os.path.abspath(path)))
+    return model_record(settings) if settings is not None else {}
 
 
 def peek_checkpoint(path: str) -> dict[str, Any]:

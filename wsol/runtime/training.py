@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from wsol.architectures import LRRule
 from wsol.errors import UserError
-from wsol.method import SIGMOID_BRANCH, training_loss
+from wsol.dual_branch import SIGMOID_BRANCH, training_loss
 from wsol.recam import multi_hot, reactivation_loss
 from wsol.model import CAMModel
 from wsol.runtime.acceleration import Acceleration, autocast, to_device
@@ -211,7 +211,7 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
                     recam_weight: float | None = None,
                     step_scheduler: Callable[[], None] | None = None
                     ) -> tuple[dict[str, float] | None, EpochProgress]:
-    """One pass over ``loader`` with :func:`wsol.method.training_loss`.
+    """One pass over ``loader`` with :func:`wsol.dual_branch.training_loss`.
 
     Loss, accuracy and a non-finite-loss flag are kept on the device and read
     once at the end, so no step waits for the GPU.  ``forward`` is the module
