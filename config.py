@@ -29,7 +29,8 @@ import os
 import sys
 from typing import Any, Iterable, Sequence
 
-from wsol.architectures import architecture_names, get_spec, network_for, recognise_network
+from wsol.architectures import (architecture_names, get_spec, import_timm, network_for,
+                                recognise_network)
 from wsol.cams import CAM_METHODS, parse_methods
 from wsol.data.datasets import DATASETS
 from wsol.errors import UserError
@@ -44,7 +45,7 @@ from wsol.settings import (CAMSettings, DataSettings, EvalSettings, ModelSetting
 
 __all__ = ["DATASET_NUM_CLASSES", "SEGMENTATION_DATASETS", "BOX_DATASETS", "MASK_DATASETS",
            "GROUPS", "ConfigError", "str2bool", "add_flags", "build_parser", "given_flags",
-           "get_configs", "build_settings", "parse_main_args"]
+           "get_configs", "build_settings", "parse_main_args", "check_scoring"]
 
 # Views of the dataset table (wsol.data.datasets).
 DATASET_NUM_CLASSES = {name: d.num_classes for name, d in DATASETS.items()}
@@ -486,13 +487,17 @@ def build_settings(args: argparse.Namespace, given: set[str] | None = None,
     except ValueError as error:
         raise ConfigError(str(error)) from None
     try:
-        get_spec(values["network"], values["crop_size"])
+        spec = get_spec(values["network"], values["crop_size"])
+        if spec.needs_timm:
+            import_timm(spec.name)
     except ValueError as error:
-        raise ConfigError(f"--architecture: {error}") from None
+        name, message = values["architecture"], str(error)
+        raise ConfigError(f"--architecture {message}" if message.startswith(name)
+                          else f"--architecture {name}: {message}") from None
     _check_flags_apply(dataset, given)
     settings = RunSettings(
         data=_data(values, dataset), model=_model(values), optim=_optim(values, given),
-        cams=_cams(values, methods), evaluation=_evaluation(values, dataset),
+        cams=_cams(values, methods, given), evaluation=_evaluation(values, dataset),
         runtime=_runtime(values), choices=choices, replay=values["replay"],
         argv=("main.py", *argv), notes=tuple(notes))
     if settings.runtime.resume and not settings.runtime.eval_only:
@@ -601,7 +606,7 @@ def _optim(v: dict, given: set[str]) -> OptimSettings:
         recam_weight=v["recam_weight"])
 
 
-def _cams(v: dict, methods: tuple[str, ...]) -> CAMSettings:
+def _cams(v: dict, methods: tuple[str, ...], given: set[str]) -> CAMSettings:
     if v["cam_branch"] is None:
         branches = ("sigmoid",) if v["model_structure"] == "b2" else ("softmax",)
     else:
@@ -610,7 +615,8 @@ def _cams(v: dict, methods: tuple[str, ...]) -> CAMSettings:
             if branch not in ("softmax", "sigmoid", "recam"):
                 raise ConfigError(f"--cam_branch {branch!r}: use softmax, sigmoid or recam, or "
                                   f"several comma-separated (softmax,sigmoid,recam)")
-    cams = CAMSettings(methods=methods, branches=tuple(dict.fromkeys(branches)),
+    cams = CAMSettings(methods=methods, defaulted="method" not in given,
+                       branches=tuple(dict.fromkeys(branches)),
                        clamp=not v["no_clamp"], smooth_samples=v["smooth_samples"],
                        smooth_sigma=v["smooth_sigma"],
                        scorecam_batch_size=v["scorecam_batch_size"],
@@ -675,10 +681,26 @@ def _check(s: RunSettings) -> None:
                              ("--box_threads", s.evaluation.box_threads, 0)):
         if value < low:
             raise ConfigError(f"{name} must be >= {low}, got {value}")
-    if not 0 < s.evaluation.cam_curve_interval < 1:
-        raise ConfigError("--cam_curve_interval must be in (0, 1)")
+    check_scoring(dataclasses.asdict(s.evaluation))
     if s.evaluation.fidelity_steps and not s.evaluation.fidelity:
         raise ConfigError("--fidelity_steps N goes with --fidelity")
+
+
+def check_scoring(values: dict[str, Any]) -> None:
+    """The ranges of the scoring flags (main.py's and evaluation.py's): IoU
+    thresholds in (0, 100], CAM and seed thresholds in [0, 1], the threshold
+    step in (0, 1)."""
+    if "cam_curve_interval" in values and not 0 < values["cam_curve_interval"] < 1:
+        raise ConfigError(f"--cam_curve_interval must be in (0, 1), got "
+                          f"{values['cam_curve_interval']}")
+    bad = [t for t in values.get("iou_threshold_list", ()) if not 0 < t <= 100]
+    if bad:
+        raise ConfigError(f"--iou_threshold_list: IoU thresholds are percentages in (0, 100], "
+                          f"got {' '.join(map(str, bad))}")
+    for name in ("loc_threshold", "seed_threshold"):
+        if name in values and not 0 <= values[name] <= 1:
+            raise ConfigError(f"--{name} must be in [0, 1] (a fraction of the map's "
+                              f"maximum), got {values[name]}")
 
 
 def _check_flags_apply(dataset, given: set[str]) -> None:

@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from config import add_flags, given_flags
+from config import add_flags, check_scoring, given_flags
 from wsol.cams import CAM_METHODS
 from wsol.data.datasets import DATASETS
 from wsol.data.metadata import (GroundTruth, MetadataError, configure_metadata,
@@ -184,6 +184,7 @@ def run(args: argparse.Namespace, explicit: set[str] = frozenset()) -> dict:
                             f"--save_scoremaps for that experiment and split")
     record = read_record(root)
     used = adopt_settings({k: vars(args)[k] for k in SCORED_SETTINGS}, explicit, record)
+    check_scoring(used)
     segmentation = DATASETS[args.dataset_name].multi_label
     keys = ("seed_threshold",) if segmentation else SCORED_SETTINGS[:-1]
     context = _context(
@@ -204,6 +205,9 @@ def run(args: argparse.Namespace, explicit: set[str] = frozenset()) -> dict:
         corrects = {i: record.predictions.get(i) == labels[i] for i in image_ids}
         classification["Top-1 Cls"] = 100.0 * sum(corrects.values()) / max(len(corrects), 1)
     rows = score_saved_maps(folders, evaluators, image_ids, corrects)
+    if corrects is None:  # no classifier verdicts: Top-1 Loc is unknown, as Top-1 Cls
+        for row in rows:
+            row.update({k: None for k in row if k.startswith("Top-1 Loc")})
     return {"classification": classification, "rows": rows, "scoremap_root": root,
             "settings": {k: used[k] for k in keys},
             "settings_note": describe_settings(used, keys, record),

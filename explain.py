@@ -24,9 +24,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from config import add_flags
+from config import add_flags, check_scoring, given_flags
 from data_loaders import get_transforms
-from wsol.cams import CAMMethod, compute_cams_per_branch, evaluation_maps, parse_methods
+from wsol.cams import (CAMMethod, ModelCheckError, compute_cams_per_branch, evaluation_maps,
+                       parse_methods, resolve_methods, verify_cam_model)
 from wsol.errors import UserError
 from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
 from wsol.runtime.checkpoint import RECOGNISED, model_from_checkpoint
@@ -151,6 +152,21 @@ def explain_image(model, image, methods: Sequence[str | CAMMethod], branches: Se
             "target": int(first.targets[0])}
 
 
+def _methods_for(model, methods: list[CAMMethod], branches: Sequence[str], size: int,
+                 device: torch.device, given: bool) -> list[CAMMethod]:
+    """The methods, checked on the model; the default cam on a model whose head
+    has no class weights (a ViT's class token) becomes gradcam, with a note."""
+    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    try:
+        verify_cam_model(model, probe.to(device), methods, branches)
+        return methods
+    except ModelCheckError as error:
+        if given or any(not m.needs_class_weights for m in methods):
+            raise
+        print(f"note: --method gradcam, not the default cam: {error}", file=sys.stderr)
+        return resolve_methods("gradcam")
+
+
 def _display_size(image, max_size: int, min_size: int = 256) -> tuple[int, int]:
     """Panel size: the image's, its longest side brought into [min, max]."""
     width, height = image.size
@@ -197,7 +213,10 @@ def _output_path(args, image_path: str, methods: Sequence[str], several: bool) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.method_given = "method" in given_flags(parser, argv)
     try:
         return _run(args)
     except UserError as error:
@@ -207,15 +226,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args) -> int:
     try:
-        args.methods = parse_methods(args.method)
-        methods = CAMSettings(methods=tuple(args.methods), smooth_samples=args.smooth_samples,
-                              smooth_sigma=args.smooth_sigma,
-                              scorecam_batch_size=args.scorecam_batch_size,
-                              scorecam_topk=args.scorecam_topk).instances()
+        cams = CAMSettings(methods=tuple(parse_methods(args.method)),
+                           smooth_samples=args.smooth_samples, smooth_sigma=args.smooth_sigma,
+                           scorecam_batch_size=args.scorecam_batch_size,
+                           scorecam_topk=args.scorecam_topk)
+        methods = cams.instances()
     except ValueError as error:
         raise UserError(str(error)) from None
-    if not 0 <= args.loc_threshold <= 1:
-        raise UserError("--loc_threshold must be in [0, 1]")
+    check_scoring({"loc_threshold": args.loc_threshold})
     model, info = load_model(args)
     if args.branch in (None, "both"):
         branches = ["softmax", "sigmoid"] if model.is_dual else ["softmax"]
@@ -229,6 +247,9 @@ def _run(args) -> int:
     except ValueError as error:
         raise UserError(str(error)) from None
     model.to(device)
+    methods = _methods_for(model, methods, branches, info["crop_size"], device,
+                           given=args.method_given)
+    args.methods = [m.name for m in methods]
     if args.class_names and not os.path.isfile(args.class_names):
         raise UserError(f"--class_names file not found: {args.class_names}")
     names = class_names_for(info["dataset_name"], info["num_classes"], args.class_names)

@@ -22,8 +22,8 @@ import config
 from wsol.errors import UserError
 from wsol.results import evaluation_record, format_table, results_path, run_record, write_json
 from wsol.runtime.acceleration import Acceleration, check_amp, prepare_model
-from wsol.runtime.build import (build_model, ensure_builtin_dataset, load_for_evaluation,
-                                preflight)
+from wsol.runtime.build import (build_model, check_start_files, ensure_builtin_dataset,
+                                load_for_evaluation, preflight)
 from wsol.runtime.distributed import DistContext, init_distributed, is_timeout
 from wsol.runtime.experiment import Experiment, checkpoint_path, resume_candidates
 from wsol.runtime.interruption import Interrupted, StopSignals
@@ -40,6 +40,7 @@ def run(settings: RunSettings) -> dict | None:
     """Train (unless --eval_only) and evaluate one experiment.  Under torchrun
     every rank computes; only rank 0 writes files and logs."""
     ctx = init_distributed(settings.runtime.dist_timeout)
+    check_start_files(settings)
     with Experiment(settings, ctx, CODE_DIR), StopSignals():  # a signal: stop with a message
         _barrier(ctx)
         device = (torch.device("cuda", ctx.local_rank)
@@ -55,7 +56,7 @@ def run(settings: RunSettings) -> dict | None:
         model, spec = build_model(settings)
         model = prepare_model(model, device, accel)
         evaluated = load_for_evaluation(settings, model) if runtime.eval_only else None
-        preflight(settings, model, device)
+        settings = preflight(settings, model, device)
         tracker = Tracker(runtime.wandb if ctx.is_main else "off", runtime.project,
                           runtime.wandb_name or runtime.experiment_name,
                           _flat(settings.to_dict()), settings.log_folder)

@@ -178,7 +178,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_does_not_block_its_rerun(
     values = dict(exp="retry", ds="ILSVRC", method="cam", root="experiment/ILSVRC",
                   ckpt="missing.pth.tar")
     assert main.main(seed_args(SEED_001_TRAIN, **values)) == 2
-    assert "checkpoint not found: missing.pth.tar" in capsys.readouterr().err
+    assert "--ft_ckpt missing.pth.tar: no such file" in capsys.readouterr().err
     assert not (seed_workspace / "experiment" / "ILSVRC" / "retry").exists()
     # A folder that only holds a failed run's log is not an experiment either.
     leftover = seed_workspace / "experiment" / "ILSVRC" / "retry"

@@ -25,7 +25,7 @@ from wsol.data.device_decode import exif_orientation, upright
 from wsol.data.images import open_rgb
 from wsol.pipeline import evaluate_run
 from wsol.runtime.build import build_model
-from wsol.runtime.checkpoint import CheckpointError, load_checkpoint_file
+from wsol.runtime.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint
 from wsol.runtime.lock import LOCK_NAME
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,7 +212,7 @@ def test_nan_weights_are_refused_at_load(workspace, capsys):
     path = workspace / "train_log" / "v" / "last_checkpoint.pth.tar"
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["state_dict"]["layer4.1.conv2.weight"][0, 0, 0, 0] = float("nan")
-    torch.save(checkpoint, path)
+    save_checkpoint(checkpoint, str(path))  # a diverged run's own checkpoint: checksums agree
     code = main.main(argv(workspace, "b2", "--model_structure", "b2", "--ft_ckpt", str(path),
                           "--epochs", "1"))
     err = capsys.readouterr().err

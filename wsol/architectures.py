@@ -41,7 +41,7 @@ from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ArchitectureSpec", "LRRule", "ARCHITECTURES", "GRADCAM_NETWORKS",
            "architecture_names", "get_spec", "build_architecture", "build_cam_model",
-           "network_for", "recognise_network"]
+           "network_for", "recognise_network", "import_timm"]
 
 
 @dataclass(frozen=True)
@@ -264,11 +264,12 @@ def _inception_tv(num_classes: int, large_feature_map: bool, input_size: int) ->
 # ---------------------------------------------------------------------------
 # DeiT-Tiny (the method's earlier public code) and timm models
 # ---------------------------------------------------------------------------
-def _import_timm(what: str):
+def import_timm(what: str):
     try:
         import timm
     except ImportError:
-        raise ValueError(f"{what} needs timm, an optional dependency: pip install timm") from None
+        raise ValueError(f"{what} needs timm, an optional dependency: pip install timm") \
+            from None
     return timm
 
 
@@ -278,7 +279,7 @@ class DeiTCam(nn.Module):
 
     def __init__(self, num_classes: int, input_size: int = 224):
         super().__init__()
-        timm = _import_timm("--architecture vit (DeiT-Tiny)")
+        timm = import_timm("vit (DeiT-Tiny)")
         self.features = timm.create_model("deit_tiny_patch16_224", pretrained=False,
                                           num_classes=0, img_size=input_size)
         self.head = nn.Linear(192, num_classes)
@@ -482,7 +483,7 @@ def _timm_spec(name: str, input_size: int) -> ArchitectureSpec:
     block's first norm for token models, else the last module whose output
     has the head's number of channels before global pooling (found on a probe
     forward)."""
-    timm = _import_timm(f"--architecture {name}")
+    timm = import_timm(name)
     model_name = name[len("timm:"):]
     if model_name not in timm.list_models():
         close = timm.list_models(f"*{model_name}*")[:5]

@@ -40,10 +40,14 @@ def write_failure(what: str, path: str, error: BaseException, needed: int | None
     full = (getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
             or "No space left" in text or "file write failed" in text
             or (needed is not None and free is not None and free < needed))
+    code = getattr(error, "errno", None)
     if full:
         size = f" (it needs about {_mb(needed)}, {_mb(free)} free)" if needed and free is not None \
             else ""
         reason = f"no space left on the device{size}; free some space or choose another --root"
+    elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = "the file system is read-only" if code == errno.EROFS else "permission denied"
+        reason = f"{why}; choose another --root, or make it writable"
     else:
         reason = (text.splitlines()[0] if text else type(error).__name__)[:200]
     return WriteError(f"cannot write {what} {path}: {reason}" + (f"; {kept}" if kept else ""))

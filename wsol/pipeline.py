@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from wsol.branches import branch_rule, clamp_rule
 from wsol.cams import CAMMethod, compute_cams_per_branch, evaluation_maps, normalize_maps
 from wsol.data.metadata import GroundTruth, configure_metadata
+from wsol.errors import UserError
 from wsol.metrics import METRICS, EvalContext, EvaluatorSet, FidelityInputs, MapBatch, SeedBatch
 from wsol.model import CAMModel
 from wsol.protocol import RESIZE_LENGTH, make_threshold_list
@@ -42,9 +43,13 @@ from wsol.saved_maps import MapWriter, scored_settings
 from wsol.seeds import SeedMaps, seed_maps_with_logits
 from wsol.settings import RunSettings
 
-__all__ = ["MapPass", "SeedPass", "evaluate_run", "evaluation_context"]
+__all__ = ["MapPass", "SeedPass", "evaluate_run", "evaluation_context", "NothingToScore"]
 
 log = logging.getLogger(__name__)
+
+
+class NothingToScore(UserError):
+    """No image of the split reached the evaluators."""
 
 
 class MapPass:
@@ -138,7 +143,9 @@ class MapPass:
         if self.writer is not None:
             self.writer.write_record(self.evaluators.rules)
         if seen == 0:
-            raise ValueError("the evaluation loader yielded no images")
+            raise NothingToScore("no image of the split could be scored: every one was "
+                                 "unreadable and skipped (--skip_bad_images); fix or "
+                                 "replace the images")
         classification = {"Top-1 Cls": 100.0 * correct_softmax / seen}
         if self.model.is_dual:
             classification["Top-1 Cls (sigmoid branch)"] = 100.0 * correct_sigmoid / seen
@@ -199,7 +206,9 @@ class SeedPass:
         hits, seen = (int(v) for v in totals.tolist())
         self.evaluators.synchronize(lambda state: reduce_state(state, self.dist, self.device))
         if seen == 0:
-            raise ValueError("the evaluation loader yielded no images")
+            raise NothingToScore("no image of the split could be scored: every one was "
+                                 "unreadable and skipped (--skip_bad_images); fix or "
+                                 "replace the images")
         return {"classification": {"Top-1 Cls": 100.0 * hits / seen}, "num_images": seen,
                 "num_skipped_images": len(self.loader.sampler) - seen
                 if not self.dist.enabled else 0, "rows": self.evaluators.rows()}

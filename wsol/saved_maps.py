@@ -200,15 +200,40 @@ def pair_folders(root: str, methods: Iterable[str]) -> dict[tuple[str, str], str
     return pairs or {("maps", "-"): root}
 
 
-def _load_scoremap(folder: str, image_id: str):
+# How saved maps are expected, for the messages about the others.
+_EXPECTED = ("maps are saved as main.py --save_scoremaps writes them: one .npy per image of "
+             "{size}x{size} float values in [0, 1], min-max normalised")
+
+
+def _load_scoremap(folder: str, image_id: str, size: int):
     import numpy as np
     # wsolevaluation saves np.save(join(root, image_id)) -> "<image_id>.npy".
     path = os.path.join(folder, image_id + ".npy")
     if not os.path.isfile(path):
         raise UserError(f"missing score map for image {image_id!r}: {path} (was it "
                         f"saved with --save_scoremaps for this split?)")
+    try:
+        scoremap = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read the score map {path}: {error}") from None
+    problem = None
+    if scoremap.dtype.kind not in "fiu":
+        problem = f"it holds {scoremap.dtype} values"
+    elif scoremap.shape != (size, size):
+        problem = f"it is {'x'.join(map(str, scoremap.shape)) or 'a scalar'}"
+    elif not np.isfinite(scoremap).all():
+        problem = "it holds NaN or infinite values"
+    elif scoremap.size and (scoremap.min() < 0 or scoremap.max() > 1):
+        problem = f"its values lie in [{scoremap.min():g}, {scoremap.max():g}]"
+    if problem:
+        raise UserError(f"score map {path}: {problem}; {_EXPECTED.format(size=size)}")
     # wsolevaluation's loader turns every map into float64 (t2n).
-    return np.load(path, allow_pickle=False).astype(np.float64, copy=False)
+    return scoremap.astype(np.float64, copy=False)
+
+
+_SEEDS_EXPECTED = ("seed maps are saved as main.py --save_scoremaps writes them: one .npz per "
+                   "image holding 'maps' (the ground-truth classes' maps [K, H, W] at the "
+                   "mask's size, in [0, 1]) and 'keys' (their K class indices)")
 
 
 def _load_seed_maps(folder: str, image_id: str):
@@ -217,8 +242,17 @@ def _load_seed_maps(folder: str, image_id: str):
     if not os.path.isfile(path):
         raise UserError(f"missing seed maps for image {image_id!r}: {path} (was it "
                         f"saved with --save_scoremaps for this split?)")
-    with np.load(path, allow_pickle=False) as saved:
-        return saved["maps"], saved["keys"]
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            maps, keys = saved["maps"], saved["keys"]
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"cannot read the seed maps {path}: {error}; {_SEEDS_EXPECTED}") \
+            from None
+    if maps.dtype.kind != "f" or not np.isfinite(maps).all() or (
+            maps.size and (maps.min() < 0 or maps.max() > 1)):
+        raise UserError(f"seed maps {path}: NaN, infinite or out-of-range values; "
+                        f"{_SEEDS_EXPECTED}")
+    return maps, keys
 
 
 def score_saved_maps(folders: Mapping[tuple[str, str], str], evaluators,
@@ -235,11 +269,17 @@ def score_saved_maps(folders: Mapping[tuple[str, str], str], evaluators,
         if seeds:
             for image_id in image_ids:
                 maps, keys = _load_seed_maps(folder, image_id)
-                evaluators.process(SeedBatch(method, branch, image_id, maps, keys))
+                try:
+                    evaluators.process(SeedBatch(method, branch, image_id, maps, keys))
+                except (ValueError, KeyError) as error:
+                    raise UserError(f"seed maps {os.path.join(folder, image_id)}.npz: {error}; "
+                                    f"{_SEEDS_EXPECTED}") from None
             continue
         for start in range(0, len(image_ids), _BATCH):
             ids = image_ids[start:start + _BATCH]
             verdicts = None if corrects is None else [corrects.get(i) for i in ids]
-            evaluators.process(MapBatch(method, branch, [_load_scoremap(folder, i) for i in ids],
+            size = evaluators.context.resize_length
+            evaluators.process(MapBatch(method, branch,
+                                        [_load_scoremap(folder, i, size) for i in ids],
                                         ids, verdicts, normalized=True))
     return evaluators.rows()

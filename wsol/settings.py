@@ -114,6 +114,8 @@ class OptimSettings:
 class CAMSettings:
     """Which maps: methods (with their settings) and branches."""
     methods: tuple[str, ...] = ("cam", "gradcam")
+    defaulted: bool = False            # --method left at its default: methods the model's
+                                       # head cannot compute are dropped, with a note
     branches: tuple[str, ...] = ("softmax",)
     clamp: bool = True                 # the sigmoid branch's clamp (off: an ablation)
     smooth_samples: int = 8

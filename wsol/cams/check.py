@@ -17,7 +17,7 @@ from wsol.errors import ModelCheckError
 from wsol.heads import check_weight_channels
 from wsol.model import CAMModel
 
-__all__ = ["ModelCheckError", "verify_cam_model"]
+__all__ = ["ModelCheckError", "verify_cam_model", "supported_methods"]
 
 Tensor = torch.Tensor
 
@@ -61,6 +61,25 @@ def verify_cam_model(model: CAMModel, images: Tensor,
     finally:
         model.train(was_training)
     model.verified[key] = done | needs
+
+
+def supported_methods(model: CAMModel, images: Tensor,
+                      methods: Sequence[CAMMethod | str], branches: Sequence[str],
+                      drop: bool = True) -> tuple[list[CAMMethod], str]:
+    """The methods (checked with :func:`verify_cam_model`) and, with ``drop``,
+    without those that need class weights when the model's head has none
+    (a ViT's class-token head, a LayerNorm before the Linear): then also the
+    reason, for a note.  Any other misfit is the check's error."""
+    chosen = resolve_methods(methods)
+    try:
+        verify_cam_model(model, images, chosen, branches)
+        return chosen, ""
+    except ModelCheckError as error:
+        rest = [m for m in chosen if not m.needs_class_weights]
+        if not drop or not rest or len(rest) == len(chosen):
+            raise
+        verify_cam_model(model, images, rest, branches)
+        return rest, str(error)
 
 
 def _check_layer_and_branch(model: CAMModel, probe: Tensor) -> None:

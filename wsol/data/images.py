@@ -60,6 +60,16 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def upright_size(path: str) -> tuple[int, int]:
+    """``(width, height)`` of an image as the loaders read it (after its EXIF
+    orientation), from its header only; one of READ_ERRORS when unreadable."""
+    with Image.open(path) as image:
+        width, height = image.size
+        if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # a quarter turn
+            width, height = height, width
+    return width, height
+
+
 def open_rgb(path: str) -> Image.Image:
     """The image at ``path``, upright, as 8-bit RGB; one of READ_ERRORS when
     it cannot be read.  A side under SMALL_IMAGE px is logged as a warning."""

@@ -32,7 +32,7 @@ from wsol.protocol import RESIZE_LENGTH, get_mask, resize_bbox
 __all__ = ["MetadataError", "configure_metadata", "get_image_ids", "get_class_labels",
            "get_multi_labels", "get_segmentation_paths",
            "get_bounding_boxes", "get_image_sizes", "get_mask_paths", "check_ids_present",
-           "GroundTruth"]
+           "check_image_sizes", "GroundTruth"]
 
 
 class MetadataError(UserError):
@@ -186,6 +186,39 @@ def get_image_sizes(metadata: dict) -> dict[str, tuple[int, int]]:
         if min(sizes[image_id]) <= 0:
             raise MetadataError(f"{path}:{line_no}: image size {w}x{h} is not positive")
     return sizes
+
+
+def check_image_sizes(metadata: dict, image_root: str, workers: int = 8) -> None:
+    """``image_sizes.txt`` must give each image's size as it is read (after its
+    EXIF orientation): the GT boxes are rescaled with it, so a wrong size
+    gives plausible, wrong box metrics.  A MetadataError with the count and
+    the first three mismatches (file:line and both sizes); unreadable images
+    are left to the loader, which names them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wsol.data.images import READ_ERRORS, upright_size
+    path = metadata["image_sizes"]
+    rows = [(line_no, image_id, _to_number(path, line_no, w, int),
+             _to_number(path, line_no, h, int))
+            for line_no, (image_id, w, h) in _read_rows(path, (3,))]
+
+    def actual(image_id: str) -> tuple[int, int] | None:
+        try:
+            return upright_size(os.path.join(image_root, image_id))
+        except READ_ERRORS:
+            return None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # headers only: I/O bound
+        sizes = list(pool.map(actual, [image_id for _, image_id, _, _ in rows]))
+    wrong = [f"{path}:{line_no} says {w}x{h} for {image_id}, which is {size[0]}x{size[1]}"
+             for (line_no, image_id, w, h), size in zip(rows, sizes)
+             if size is not None and size != (w, h)]
+    if wrong:
+        raise MetadataError(f"image_sizes.txt disagrees with {len(wrong)} of {len(rows)} "
+                            f"images (after their EXIF orientation): {'; '.join(wrong[:3])}"
+                            f"{'; ...' if len(wrong) > 3 else ''}. Fix it: the boxes are "
+                            f"rescaled with these sizes (scripts/prepare_*.py read them from "
+                            f"the images)")
 
 
 def get_mask_paths(metadata: dict) -> tuple[dict[str, list[str]], dict[str, str | None]]:

@@ -18,7 +18,7 @@ from wsol.runtime.checkpoint import (CheckpointError, find_pretrained, load_chec
 from wsol.runtime.experiment import checkpoint_path
 from wsol.settings import RunSettings
 
-__all__ = ["build_model", "loader_settings", "load_for_evaluation", "ensure_builtin_dataset",
+__all__ = ["build_model", "check_start_files", "loader_settings", "load_for_evaluation", "ensure_builtin_dataset",
            "preflight", "BuildError"]
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,18 @@ log = logging.getLogger(__name__)
 
 class BuildError(UserError):
     """The model cannot be built as the settings ask."""
+
+
+def check_start_files(settings: RunSettings) -> None:
+    """The files a training run starts from exist: checked before the
+    experiment folder is made (a run scripts plan may name them before an
+    earlier step writes them, so it is not a check of the flags)."""
+    if settings.runtime.eval_only:
+        return
+    for flag, path in (("--ft_ckpt", settings.model.ft_ckpt),
+                       ("--pretrained_path", settings.model.pretrained_path)):
+        if path and not os.path.exists(path):
+            raise BuildError(f"{flag} {path}: no such file (check the path)")
 
 
 def build_model(settings: RunSettings) -> tuple[CAMModel, ArchitectureSpec]:
@@ -121,22 +133,31 @@ def ensure_builtin_dataset(settings: RunSettings) -> None:
         ensure_synth_ml(data.data_root, data.metadata_root, data.mask_root)
 
 
-def preflight(settings: RunSettings, model: CAMModel, device: torch.device) -> None:
+def preflight(settings: RunSettings, model: CAMModel, device: torch.device) -> RunSettings:
     """What can fail later is checked before any work: the splits' images and
-    metadata, and whether the model's CAM layer and head fit the methods
-    (wsol.cams.verify_cam_model, on a random image of the input size)."""
-    from wsol.cams import verify_cam_model
-    from wsol.data.metadata import (GroundTruth, MetadataError, configure_metadata,
-                                    get_class_labels, get_multi_labels, get_segmentation_paths)
+    metadata (none empty; for boxes, image_sizes.txt against the images), and
+    whether the model's CAM layer and head fit the methods
+    (wsol.cams.verify_cam_model, on a random image of the input size).  With
+    --method left at its default, the methods the model's head cannot compute
+    (cam without class weights) are dropped, with a note: the settings returned."""
+    from wsol.cams import supported_methods
+    from wsol.data.metadata import (GroundTruth, MetadataError, check_image_sizes,
+                                    configure_metadata, get_class_labels, get_image_ids,
+                                    get_multi_labels, get_segmentation_paths)
     data, runtime = settings.data, settings.runtime
     split = settings.evaluation.split
     evaluated = not runtime.skip_eval
-    for name in ([] if runtime.eval_only else [data.train_split]) + ([split] if evaluated
-                                                                     else []):
+    training = [] if runtime.eval_only else [data.train_split]
+    for name in training + ([split] if evaluated else []):
         if not os.path.isdir(data.image_root):
             raise MetadataError(f"image folder not found: {data.image_root} (check "
                                 f"--data_root: images of dataset D are under <data_root>/D)")
         metadata = configure_metadata(data.split_metadata(name))
+        proxy = data.proxy_training_set and name in training
+        if not get_image_ids(metadata, proxy=proxy):
+            listing = metadata["image_ids_proxy" if proxy else "image_ids"]
+            raise MetadataError(f"{listing} lists no images: the {name} split is empty "
+                                f"(check the metadata, or --metadata_root)")
         if data.info.multi_label:
             get_multi_labels(metadata)
             if name == split and evaluated:
@@ -144,10 +165,19 @@ def preflight(settings: RunSettings, model: CAMModel, device: torch.device) -> N
         elif name == split and evaluated:
             GroundTruth(metadata, mask_root=data.mask_folder, boxes=data.info.boxes,
                         masks=data.info.masks)
+            if data.info.boxes:
+                check_image_sizes(metadata, data.image_root, max(1, data.workers))
         else:
             get_class_labels(metadata)
     if evaluated:
         size = data.crop_size
         probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-        verify_cam_model(model, probe.to(device), settings.cams.instances(),
-                         settings.cams.branches)
+        cams = settings.cams
+        methods, reason = supported_methods(model, probe.to(device), cams.instances(),
+                                            cams.branches, drop=cams.defaulted)
+        if reason:
+            names = tuple(m.name for m in methods)
+            log.info("--method: %s, not the default %s: %s", ",".join(names),
+                     ",".join(cams.methods), reason)
+            settings = settings.replace(cams={"methods": names})
+    return settings

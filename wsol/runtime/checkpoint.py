@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 import tempfile
+import zlib
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ __all__ = ["CheckpointError", "load_checkpoint_file", "save_checkpoint", "check_
            "load_into_cam_model", "load_pretrained", "find_pretrained", "export_state_dict",
            "link_checkpoint", "MODEL_SETTINGS", "recorded_settings", "check_settings",
            "resolve_settings", "model_from_checkpoint", "RECOGNISED", "peek_checkpoint",
-           "model_record"]
+           "model_record", "verify_checksums", "CHECKSUMS"]
 
 
 class CheckpointError(UserError):
@@ -43,6 +44,8 @@ class CheckpointError(UserError):
 _ZIP = b"PK\x03\x04"
 _NUMPY = b"\x93NUMPY"
 _GZIP = b"\x1f\x8b"
+# torch.save's format before zip files: its magic number pickled first.
+_LEGACY_MAGIC = b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
 
 
 def _what_it_is(path: str, head: bytes) -> str | None:
@@ -88,10 +91,13 @@ def load_checkpoint_file(path: str) -> dict[str, Any]:
                 f"refusing to load {path}: it stores a Python object ({unsafe.group(1)}) "
                 f"that needs unsafe unpickling, which could run code; re-save its weights "
                 f"with torch.save(model.state_dict(), ...)") from None
+        torch_saved = head.startswith(_ZIP) or _LEGACY_MAGIC in head[:32]
+        what = ("it was written by torch.save but holds objects" if torch_saved
+                else "it is a plain pickle, not torch.save's format,")
         raise CheckpointError(
-            f"refusing to load {path}: it is a plain pickle, not torch.save's format, that "
-            f"only unsafe unpickling could read ({_last_words(error)}), which could run code; "
-            f"re-save its weights with torch.save(model.state_dict(), ...)") from None
+            f"refusing to load {path}: {what} that only unsafe unpickling could read "
+            f"({_last_words(error)}), which could run code; re-save its weights with "
+            f"torch.save(model.state_dict(), ...)") from None
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as error:
         if head.startswith(_ZIP):
             raise CheckpointError(f"{path} is truncated or damaged (its zip archive is "
@@ -99,6 +105,7 @@ def load_checkpoint_file(path: str) -> dict[str, Any]:
                                   f"an earlier checkpoint") from None
         raise CheckpointError(f"cannot read checkpoint {path}: {_last_words(error)}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        verify_checksums(obj, path)
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"state_dict": obj}
@@ -124,10 +131,62 @@ def _tensor_bytes(value: Any) -> int:
     return 0
 
 
+# The CRC-32 of every tensor a checkpoint holds, by its place in the payload
+# ("state_dict/fc.weight", "optimizer/state/0/momentum_buffer"): bytes
+# overwritten in the middle of a file (bit rot, a partial copy over an older
+# file) leave torch's zip archive readable and its tensors wrong.
+CHECKSUMS = "checksums"
+
+
+def _tensors(value: Any, prefix: str = ""):
+    """(place, tensor) of every tensor in a payload, in a fixed order."""
+    if isinstance(value, torch.Tensor):
+        yield prefix, value
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            if key != CHECKSUMS:
+                yield from _tensors(value[key], f"{prefix}/{key}" if prefix else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{prefix}/{i}")
+
+
+def tensor_checksum(tensor: torch.Tensor) -> int:
+    """CRC-32 of a tensor's bytes (its dtype and shape included)."""
+    data = tensor.detach().cpu().contiguous()
+    crc = zlib.crc32(f"{data.dtype}{tuple(data.shape)}".encode())
+    return zlib.crc32(data.reshape(-1).view(torch.uint8).numpy(), crc) if data.numel() else crc
+
+
+def checksums(payload: dict[str, Any]) -> dict[str, int]:
+    return {place: tensor_checksum(tensor) for place, tensor in _tensors(payload)}
+
+
+def verify_checksums(checkpoint: dict[str, Any], path: str) -> None:
+    """A CheckpointError naming the file and the first tensor whose bytes
+    changed since it was written; checkpoints of other code (no checksums)
+    pass (their NaN/inf guard is check_finite)."""
+    recorded = checkpoint.get(CHECKSUMS)
+    if not isinstance(recorded, dict):
+        return
+    for place, tensor in _tensors(checkpoint):
+        if recorded.get(place) != tensor_checksum(tensor):
+            raise CheckpointError(
+                f"{path} is damaged: tensor {place} is not what was saved (its checksum "
+                f"differs: bit rot, or a partial copy over an older file?); copy it again or "
+                f"use an earlier checkpoint")
+    missing = sorted(set(recorded) - {place for place, _ in _tensors(checkpoint)})
+    if missing:
+        raise CheckpointError(f"{path} is damaged: tensor {missing[0]} that was saved is "
+                              f"missing; copy it again or use an earlier checkpoint")
+
+
 def save_checkpoint(payload: dict[str, Any], path: str) -> None:
-    """Atomic save: temporary file in the same folder, then rename.  A
+    """Atomic save: temporary file in the same folder, then rename, with the
+    checksum of every tensor (:func:`verify_checksums` at every load).  A
     failed write (a full disk) leaves no partial file and raises one
     WriteError naming the path and the space needed."""
+    payload = {**payload, CHECKSUMS: checksums(payload)}
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")

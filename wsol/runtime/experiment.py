@@ -16,7 +16,7 @@ import shutil
 import sys
 from typing import Any
 
-from wsol.errors import UserError
+from wsol.errors import UserError, write_failure
 from wsol.results import run_record, write_json
 from wsol.runtime.distributed import DistContext
 from wsol.runtime.lock import FolderLock
@@ -51,21 +51,25 @@ def resume_candidates(folder: str | None) -> list[str]:
                   if name.endswith("_checkpoint.pth.tar"))
 
 
-def remove_stale_temporaries(folder: str) -> None:
-    """``*.tmp`` files of saves a killed run left behind (the caller holds the folder)."""
-    for name in os.listdir(folder):
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Remove the ``*.tmp`` files of saves a killed run left behind (the
+    caller holds the folder); their names."""
+    removed = []
+    for name in sorted(os.listdir(folder)):
         if name.endswith(".tmp"):
             try:
                 os.remove(os.path.join(folder, name))
-                log.info("removed %s, left by an interrupted save", name)
+                removed.append(name)
             except OSError:
                 pass
+    return removed
 
 
 def holds_results(folder: str) -> bool:
-    """Whether a folder holds checkpoints or results (not just a failed run's log)."""
-    return any(name.endswith((".pth.tar", ".json")) and name not in (CONFIG_NAME,
-                                                                      "lr_schedule.json")
+    """Whether a folder holds checkpoints or results (not just a failed run's
+    log and records)."""
+    return any(name.endswith(".pth.tar") or (name.startswith("results_")
+                                             and name.endswith(".json"))
                for name in os.listdir(folder))
 
 
@@ -117,14 +121,24 @@ class Experiment:
         self.code_dir = code_dir
         self.created = False
         self.lock: FolderLock | None = None
+        self.removed: list[str] = []  # *.tmp files of interrupted saves
 
     def __enter__(self) -> "Experiment":
         if not self.ctx.is_main:
             configure_logging(None, logging.WARNING)
             return self
-        self._open()
         try:
-            configure_logging(self.folder)
+            try:
+                self._open()
+            except OSError as error:  # a read-only or foreign folder: nothing was written
+                raise write_failure("into the experiment folder", self.folder, error) from None
+            try:
+                configure_logging(self.folder)
+            except OSError as error:
+                raise write_failure("the log", os.path.join(self.folder, "log.log"),
+                                    error) from None
+            for name in self.removed:
+                log.info("removed %s, left by an interrupted save", name)
             for note in self.settings.notes:
                 log.info("%s", note)
             self.write_config()
@@ -152,7 +166,7 @@ class Experiment:
                 raise ExperimentError(f"--resume: {folder} holds no checkpoint to resume from")
             lock.acquire("resume in")
             self.lock = lock
-            remove_stale_temporaries(folder)
+            self.removed = remove_stale_temporaries(folder)
             return
         existed = os.path.isdir(folder)
         if runtime.eval_only:

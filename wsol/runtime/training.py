@@ -270,7 +270,8 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
     if stopped:
         return None, done
     if seen == 0:
-        raise ValueError("the training loader yielded no images")
+        raise UserError("no training image could be read: every one was unreadable and "
+                        "skipped (--skip_bad_images); fix or replace the images")
     stats = {"loss": done.loss_sum / seen, "train_top1": 100.0 * done.correct / seen}
     log.info("epoch %d: loss %.4f, train top-1 %.2f%% (%s branch)", epoch, stats["loss"],
              stats["train_top1"], "sigmoid" if dual else "softmax")
