@@ -294,6 +294,10 @@ _flag("evaluation", "--save_overlays", type=int, default=0, metavar="N",
 _flag("evaluation", "--plots", action="store_true",
       help="write box-accuracy-vs-threshold and PxAP precision-recall curves "
            "under plots/<split>/")
+_flag("evaluation", "--bootstrap", type=int, default=1000, metavar="N",
+      help="95%% intervals of every number and paired differences between rows from N "
+           "resamples of the images with replacement (the same for every row; seeded by "
+           "--seed); 0: none")
 _flag("evaluation", "--fidelity", action="store_true",
       help="also compute Average Drop and Increase in Confidence")
 _flag("evaluation", "--fidelity_protocol", default="softmax_head",
@@ -646,7 +650,8 @@ def _evaluation(v: dict, dataset) -> EvalSettings:
         multi_contour_eval=v["multi_contour_eval"], loc_threshold=v["loc_threshold"],
         box_threads=v["box_threads"], fidelity=v["fidelity"],
         fidelity_steps=v["fidelity_steps"], tta_scales=tta,
-        seed_threshold=v["seed_threshold"], save_scoremaps=v["save_scoremaps"],
+        seed_threshold=v["seed_threshold"], bootstrap=v["bootstrap"],
+        save_scoremaps=v["save_scoremaps"],
         save_overlays=v["save_overlays"], plots=v["plots"])
 
 
@@ -678,7 +683,8 @@ def _check(s: RunSettings) -> None:
                              ("--prefetch_factor", s.data.prefetch_factor, 1),
                              ("--save_overlays", s.evaluation.save_overlays, 0),
                              ("--fidelity_steps", s.evaluation.fidelity_steps, 0),
-                             ("--box_threads", s.evaluation.box_threads, 0)):
+                             ("--box_threads", s.evaluation.box_threads, 0),
+                             ("--bootstrap", s.evaluation.bootstrap, 0)):
         if value < low:
             raise ConfigError(f"{name} must be >= {low}, got {value}")
     check_scoring(dataclasses.asdict(s.evaluation))

@@ -44,7 +44,7 @@ from wsol.protocol import (calculate_multiple_iou, check_box_convention,
                            check_scoremap_validity, compute_bboxes_from_scoremaps, get_mask,
                            load_mask_image, make_threshold_list, normalize_maps,
                            normalize_scoremap, resize_bbox)
-from wsol.results import format_table, write_json
+from wsol.results import format_results, write_json
 from wsol.saved_maps import (RECORD, SCORED_SETTINGS, adopt_settings, describe_settings,
                              pair_folders, read_record, score_saved_maps)
 
@@ -85,6 +85,7 @@ def _context(metadata_root: str, mask_root: str, dataset_name: str, split: str,
     if not dataset.multi_label:
         context.ground_truth = GroundTruth(metadata, mask_root=mask_folder,
                                            boxes=dataset.boxes, masks=dataset.masks)
+    context.image_ids = get_image_ids(metadata)
     return context
 
 
@@ -107,7 +108,7 @@ def evaluate_scoremaps(scoremap_root: str, metadata_root: str, mask_root: str,
                        first_box_only=first_box_only, box_threads=box_threads)
     evaluators = EvaluatorSet(METRICS, context, [("maps", "-")])
     return score_saved_maps({("maps", "-"): scoremap_root}, evaluators,
-                            context.ground_truth.image_ids, corrects)[0]
+                            context.ground_truth.image_ids, corrects)["rows"][0]
 
 
 def evaluate_wsol(scoremap_root: str, metadata_root: str, mask_root: str,
@@ -139,7 +140,7 @@ def evaluate_seeds(folder: str, metadata_root: str, mask_root: str, dataset_name
     context.num_classes = num_classes
     evaluators = EvaluatorSet(METRICS, context, [("maps", "-")])
     return score_saved_maps({("maps", "-"): folder}, evaluators,
-                            get_image_ids(context.metadata))[0]
+                            get_image_ids(context.metadata))["rows"][0]
 
 
 # --------------------------------------------------------------------------
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "main.py --save_scoremaps writes)")
     # main.py's flags (config.py): one declaration, one default.
     add_flags(p, ("root", "experiment_name", "dataset_name", "metadata_root", "mask_root",
-                  "split", *SCORED_SETTINGS, "box_threads"),
+                  "split", *SCORED_SETTINGS, "box_threads", "bootstrap", "seed"),
               dataset_name={"default": None, "required": True},
               mask_root={"default": "dataset/",
                          "help": "masks of dataset D are under <mask_root>/D"},
@@ -193,7 +194,7 @@ def run(args: argparse.Namespace, explicit: set[str] = frozenset()) -> dict:
         iou_threshold_list=used["iou_threshold_list"],
         multi_contour_eval=used["multi_contour_eval"], loc_threshold=used["loc_threshold"],
         first_box_only=used["first_box_only"], box_threads=args.box_threads,
-        seed_threshold=used["seed_threshold"])
+        seed_threshold=used["seed_threshold"], bootstrap=args.bootstrap, seed=args.seed)
     folders = pair_folders(root, CAM_METHODS)
     evaluators = EvaluatorSet(METRICS, context, list(folders),
                               record.clamp_rules if record is not None else None)
@@ -204,11 +205,12 @@ def run(args: argparse.Namespace, explicit: set[str] = frozenset()) -> dict:
         labels = get_class_labels(context.metadata)
         corrects = {i: record.predictions.get(i) == labels[i] for i in image_ids}
         classification["Top-1 Cls"] = 100.0 * sum(corrects.values()) / max(len(corrects), 1)
-    rows = score_saved_maps(folders, evaluators, image_ids, corrects)
+    found = score_saved_maps(folders, evaluators, image_ids, corrects)
+    rows = found["rows"]
     if corrects is None:  # no classifier verdicts: Top-1 Loc is unknown, as Top-1 Cls
         for row in rows:
             row.update({k: None for k in row if k.startswith("Top-1 Loc")})
-    return {"classification": classification, "rows": rows, "scoremap_root": root,
+    return {"classification": classification, **found, "scoremap_root": root,
             "settings": {k: used[k] for k in keys},
             "settings_note": describe_settings(used, keys, record),
             "box_column": "MaxBoxAccV2" if used["multi_contour_eval"] else "MaxBoxAcc"}
@@ -223,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(format_table(results, results["box_column"]))
+    print(format_results(results, results["box_column"]))
     print(results["settings_note"])
     if results["classification"]["Top-1 Cls"] is None and \
             not DATASETS[args.dataset_name].multi_label:

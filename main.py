@@ -20,7 +20,8 @@ import torch
 
 import config
 from wsol.errors import UserError
-from wsol.results import evaluation_record, format_table, results_path, run_record, write_json
+from wsol.results import (evaluation_record, format_results, results_path, run_record,
+                          write_json)
 from wsol.runtime.acceleration import Acceleration, check_amp, prepare_model
 from wsol.runtime.build import (build_model, check_start_files, ensure_builtin_dataset,
                                 load_for_evaluation, preflight)
@@ -86,7 +87,7 @@ def evaluate(settings: RunSettings, model, spec, device: torch.device, ctx: Dist
     if not ctx.is_main:
         return results
     folder, split = settings.log_folder, settings.evaluation.split
-    print(format_table(results, settings.evaluation.box_column))
+    print(format_results(results, settings.evaluation.box_column))
     write_json(results, results_path(folder, split, results["evaluation"]),
                "the results (printed above) to")
     if tracker is not None:

@@ -50,7 +50,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from wsol.data.metadata import configure_metadata
-from wsol.metrics import BoxEvaluator
+from wsol.metrics import BoxEvaluator, MaskEvaluator
 from wsol.protocol import make_threshold_list
 
 GROUPS = ("blobs", "rings", "upsampled", "trained")
@@ -335,6 +335,64 @@ def run_ours(samples, ids, metadata, thresholds, ious, loc_threshold, workers):
     return time.perf_counter() - start, evaluator.state(), summary
 
 
+def bootstrap_cost(samples, ids, metadata, thresholds, ious, loc_threshold, images: int,
+                   resamples: int, folder: str) -> dict:
+    """The bootstrap of one row of a split of ``images`` images (ILSVRC's
+    validation set: 50,000): the per-image results of the benchmark's maps,
+    repeated to that many images, resampled ``resamples`` times.  Returns
+    the seconds, the bytes kept per row, and the box scoring time of as many
+    maps at this machine's rate (the part of an evaluation it adds to)."""
+    from wsol.metrics.bootstrap import resample_weights
+    scored = BoxEvaluator(metadata=metadata, dataset_name="BENCH", split="test",
+                          cam_threshold_list=thresholds, iou_threshold_list=ious,
+                          loc_threshold=loc_threshold, per_image=True)
+    start = time.perf_counter()
+    for sample, image_id in zip(samples, ids):
+        scored.accumulate(sample.scoremap, image_id, sample.correct)
+    state = scored.state()
+    rate = len(samples) / (time.perf_counter() - start)  # maps/s, all cores
+    big = [samples[i % len(samples)] for i in range(images)]
+    big_folder = os.path.join(folder, "big")
+    os.makedirs(big_folder)
+    big_ids = write_metadata(big_folder, big)
+    row = BoxEvaluator(metadata=configure_metadata(big_folder), dataset_name="BENCH",
+                       split="test", cam_threshold_list=thresholds, iou_threshold_list=ious,
+                       loc_threshold=loc_threshold, per_image=True)
+    tiled = {key: np.resize(value, (images, *value.shape[1:]))
+             for key, value in state.items() if key.startswith("image_")}
+    row.load_state({**row.state(), **tiled})
+    kept = sum(value.nbytes for value in tiled.values())
+    start = time.perf_counter()
+    for weights in resample_weights(len(big_ids), resamples, 0):
+        row.bootstrap_samples(weights)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "bytes": kept, "scoring_seconds": images / rate}
+
+
+def pxap_bootstrap_cost(samples, thresholds, images: int, resamples: int) -> dict:
+    """The PxAP bootstrap of one row of a split of ``images`` images
+    (OpenImages30K's test set: 10,000): each image's foreground / background
+    histograms, from the benchmark's maps with the pixels above their mean
+    as the foreground, repeated to that many images."""
+    from wsol.metrics.bootstrap import resample_weights
+    edges = np.append(np.asarray(thresholds, np.float64), [1.0, 2.0, 3.0])
+    bins = len(edges) - 1
+
+    def histograms(scoremap):
+        index = np.minimum(np.searchsorted(edges, scoremap.ravel(), side="right") - 1, bins - 1)
+        fg = (scoremap > scoremap.mean()).ravel()
+        return np.stack([np.bincount(index[~fg], minlength=bins),
+                         np.bincount(index[fg], minlength=bins)])
+    own = np.stack([histograms(s.scoremap) for s in samples]).astype(np.uint16)
+    evaluator = MaskEvaluator.__new__(MaskEvaluator)  # the histograms only: no masks to read
+    evaluator.num_bins, evaluator._arriving, evaluator._device_hists = bins, [], {}
+    evaluator.image_hists = np.resize(own, (images, 2, bins))
+    start = time.perf_counter()
+    for weights in resample_weights(images, resamples, 0):
+        evaluator.bootstrap_samples(weights)
+    return {"seconds": time.perf_counter() - start, "bytes": evaluator.image_hists.nbytes}
+
+
 def compare(baseline, ours: dict, ious: list[int], loc_index: int) -> list[str]:
     """Every count that differs (empty: identical)."""
     multi, single = baseline
@@ -365,9 +423,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="Timed runs of the baseline (median).")
     parser.add_argument("--checkpoint", default=DEMO_CHECKPOINT,
                         help="A trained SYNTH checkpoint for the 'trained' group.")
+    parser.add_argument("--bootstrap_images", type=int, default=50000,
+                        help="Images of the split whose bootstrap is timed (ILSVRC's "
+                             "validation set: 50000; 0: skip).")
+    parser.add_argument("--bootstrap_mask_images", type=int, default=10000,
+                        help="Images of the split whose PxAP bootstrap is timed "
+                             "(OpenImages30K's test set: 10000).")
     import config
     config.add_flags(parser, ("cam_curve_interval", "iou_threshold_list", "loc_threshold",
-                              "box_threads", "data_root", "metadata_root", "seed"),
+                              "box_threads", "data_root", "metadata_root", "seed",
+                              "bootstrap"),
+                     bootstrap={"help": "resamples of the timed bootstrap"},
                      box_threads={"nargs": "+", "default": [1, 0],
                                   "help": "thread counts of ours to time (1: one thread, 0: "
                                           "one per core)"},
@@ -415,6 +481,12 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.ref_repeats):
             seconds, baseline = run_baseline(samples, ids, thresholds, ious)
             baseline_times.append(seconds)
+        cost = mask_cost = None
+        if args.bootstrap_images and args.bootstrap:
+            cost = bootstrap_cost(samples, ids, metadata, thresholds, ious, args.loc_threshold,
+                                  args.bootstrap_images, args.bootstrap, folder)
+            mask_cost = pxap_bootstrap_cost(samples, thresholds, args.bootstrap_mask_images,
+                                            args.bootstrap)
 
     problems = sorted({p for runs in ours.values() for _, state in runs
                        for p in compare(baseline, state, ious, loc_index)})
@@ -447,6 +519,14 @@ def main(argv: list[str] | None = None) -> int:
           f"Top-1 Loc): {'yes' if not problems else 'NO: ' + ', '.join(problems)}")
     print(f"MaxBoxAccV2 {summary['MaxBoxAccV2']:.2f}, MaxBoxAcc {summary['MaxBoxAcc']:.2f}, "
           f"GT-known Loc {summary['GT-known Loc']:.2f}, Top-1 Loc {summary['Top-1 Loc']:.2f}")
+    if cost:
+        print(f"bootstrap of one row, {args.bootstrap_images} images, {args.bootstrap} "
+              f"resamples: {cost['seconds']:.2f} s, {cost['bytes'] / 2 ** 20:.1f} MB kept per "
+              f"row; box scoring of as many maps (all cores): {cost['scoring_seconds']:.1f} s; "
+              f"bootstrap / scoring = {cost['seconds'] / cost['scoring_seconds']:.1%}")
+        print(f"PxAP bootstrap of one row, {args.bootstrap_mask_images} images, "
+              f"{args.bootstrap} resamples: {mask_cost['seconds']:.2f} s, "
+              f"{mask_cost['bytes'] / 2 ** 20:.1f} MB kept per row")
     return 0 if not problems else 1
 
 

@@ -178,6 +178,7 @@ class Cell:
     experiment: str
     path: str
     mtime: float
+    intervals: dict = field(default_factory=dict)  # metric -> [lo, hi] (the bootstrap's)
 
 
 @dataclass
@@ -259,11 +260,13 @@ def collect(files: Sequence[str], warn=print) -> list[TableRow]:
             clamp = bool(row.get("clamp", True))
             key = (dataset, split, architecture, row.get("method"), clamp, protocol)
             table_row = rows.setdefault(key, TableRow(*key))
-            _put(table_row, "ours", Cell(_row_values(row, results), experiment, path, mtime))
+            _put(table_row, "ours", Cell(_row_values(row, results), experiment, path, mtime,
+                                         row.get("ci95") or {}))
         for row in softmax_rows:
             key = (dataset, split, architecture, row.get("method"), True, protocol)
             table_row = rows.setdefault(key, TableRow(*key))
-            _put(table_row, "vanilla", Cell(_row_values(row, results), experiment, path, mtime))
+            _put(table_row, "vanilla", Cell(_row_values(row, results), experiment, path, mtime,
+                                            row.get("ci95") or {}))
     # A no-clamp row shares the vanilla numbers of its method.
     for key, table_row in rows.items():
         if not table_row.clamp and table_row.vanilla is None:
@@ -340,8 +343,12 @@ def _value(cell: Cell | None, metric: str) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+def _fmt(value: float | None, ci: list[float] | None = None, digits: int = 2) -> str:
+    """A number, and its 95% interval ``lo-hi`` when measured."""
+    if value is None:
+        return "—"
+    text = f"{value:.{digits}f}"
+    return text if ci is None else f"{text} {{{ci[0]:.{digits}f}-{ci[1]:.{digits}f}}}"
 
 
 def row_numbers(row: TableRow, metric: str) -> dict:
@@ -356,6 +363,7 @@ def row_numbers(row: TableRow, metric: str) -> dict:
     if ref_ours is None and ref_vanilla is not None and metric == "Top-1 Cls":
         ref_ours = ref_vanilla  # the softmax head classifies in both ('-' in the paper)
     return {"vanilla": vanilla, "ours": ours,
+            "vanilla_ci": _interval(row.vanilla, metric), "ours_ci": _interval(row.ours, metric),
             "delta": None if vanilla is None or ours is None else ours - vanilla,
             "ref_vanilla": ref_vanilla, "ref_ours": ref_ours,
             "ref_source": ref.source if ref else None,
@@ -363,16 +371,31 @@ def row_numbers(row: TableRow, metric: str) -> dict:
             "vs_ref_ours": _difference(ours, ref_ours)}
 
 
+def _interval(cell: Cell | None, metric: str) -> list[float] | None:
+    found = (cell.intervals or {}).get(metric) if cell is not None else None
+    return found if found and None not in found else None
+
+
+def _inside(ci: list[float] | None, published: float | None) -> bool | None:
+    """Whether a published number lies in our 95% interval (None: unknown)."""
+    if ci is None or published is None:
+        return None
+    return ci[0] <= published <= ci[1]
+
+
 def _difference(ours: float | None, published: float | None) -> float | None:
     return None if ours is None or published is None else ours - published
 
 
 def _with_ref(text: str, ref: float | None, source: str | None,
-              difference: float | None = None) -> str:
+              difference: float | None = None, ci: list[float] | None = None) -> str:
+    """``ours [published, ours - published, in/out of our interval ci]``."""
     if ref is None:
         return text
     versus = "" if difference is None else f", {difference:+.2f}"
-    return f"{text} [{ref:.2f}{SOURCE_MARKS.get(source, '')}{versus}]"
+    inside = _inside(ci, ref)
+    where = "" if inside is None else (", in" if inside else ", out")
+    return f"{text} [{ref:.2f}{SOURCE_MARKS.get(source, '')}{versus}{where}]"
 
 
 def to_markdown(rows: Sequence[TableRow]) -> str:
@@ -386,7 +409,9 @@ def to_markdown(rows: Sequence[TableRow]) -> str:
            "baseline, Choe et al. 2020). Top-1 Cls is the softmax head's in both columns "
            "(it classifies in our model too). Average Drop: lower is better. — = not "
            "measured. [replay ...] after a method: the run's protocol choices, where "
-           "they are not this toolkit's defaults (docs/reproducing.md).", ""]
+           "they are not this toolkit's defaults (docs/reproducing.md). {lo-hi}: our 95% "
+           "interval from resampling the images (--bootstrap), and 'in' / 'out' after a "
+           "published number: whether it lies inside our interval.", ""]
     for (dataset, split), group in groups.items():
         metrics = _metrics_of(group)
         out.append(f"## {DATASET_NAMES.get(dataset, dataset)}, {split} split")
@@ -401,12 +426,13 @@ def to_markdown(rows: Sequence[TableRow]) -> str:
             for metric in metrics:
                 n = row_numbers(row, metric)
                 ref_source = n["ref_source"]
-                cells.append(_with_ref(_fmt(n["vanilla"]), n["ref_vanilla"], ref_source,
-                                       n["vs_ref_vanilla"]))
-                ours = _fmt(n["ours"])
+                cells.append(_with_ref(_fmt(n["vanilla"], n["vanilla_ci"]), n["ref_vanilla"],
+                                       ref_source, n["vs_ref_vanilla"], n["vanilla_ci"]))
+                ours = _fmt(n["ours"], n["ours_ci"])
                 if n["delta"] is not None:
                     ours += f" ({n['delta']:+.2f})"
-                cells.append(_with_ref(ours, n["ref_ours"], ref_source, n["vs_ref_ours"]))
+                cells.append(_with_ref(ours, n["ref_ours"], ref_source, n["vs_ref_ours"],
+                                       n["ours_ci"]))
             out.append("| " + " | ".join(cells) + " |")
         experiments = sorted({c.experiment for r in group for c in (r.vanilla, r.ours) if c})
         out.append("")
@@ -431,7 +457,10 @@ def csv_rows(rows: Sequence[TableRow]) -> tuple[list[str], list[dict]]:
     for metric in METRICS:
         header += [f"{metric} vanilla", f"{metric} ours", f"{metric} delta",
                    f"{metric} ref vanilla", f"{metric} ref ours", f"{metric} ref source",
-                   f"{metric} vanilla minus ref", f"{metric} ours minus ref"]
+                   f"{metric} vanilla minus ref", f"{metric} ours minus ref",
+                   f"{metric} vanilla lo", f"{metric} vanilla hi", f"{metric} ours lo",
+                   f"{metric} ours hi", f"{metric} ref vanilla inside",
+                   f"{metric} ref ours inside"]
     header += ["Top-1 Cls (sigmoid branch)", "vanilla experiment", "ours experiment"]
     records = []
     for row in rows:
@@ -450,6 +479,12 @@ def csv_rows(rows: Sequence[TableRow]) -> tuple[list[str], list[dict]]:
                 record[f"{metric} {column}"] = ("" if value is None else
                                                 round(value, 4) if isinstance(value, float)
                                                 else value)
+            for side in ("vanilla", "ours"):
+                ci = n[f"{side}_ci"]
+                record[f"{metric} {side} lo"] = "" if ci is None else round(ci[0], 4)
+                record[f"{metric} {side} hi"] = "" if ci is None else round(ci[1], 4)
+                inside = _inside(ci, n[f"ref_{side}"])
+                record[f"{metric} ref {side} inside"] = "" if inside is None else inside
         sigmoid_cls = _value(row.ours, "Top-1 Cls (sigmoid branch)")
         record["Top-1 Cls (sigmoid branch)"] = "" if sigmoid_cls is None else round(sigmoid_cls, 4)
         record["vanilla experiment"] = row.vanilla.experiment if row.vanilla else ""

@@ -128,9 +128,14 @@ def test_torchrun_two_processes_train_and_evaluate_like_one(workspace):
     ddp = json.loads((workspace / "train_log/ddp_eval/results_test.json").read_text())
     assert ddp["num_images"] == single["num_images"]
     assert ddp["classification"] == single["classification"]
+    assert ddp["bootstrap"] == single["bootstrap"] == {"resamples": 1000, "seed": 0}
     for a, b in zip(ddp["rows"], single["rows"]):
         for key in ("MaxBoxAccV2", "MaxBoxAcc", "GT-known Loc", "Top-1 Loc"):
             assert a[key] == b[key], key
+            # The images' own contributions, gathered across ranks: the same
+            # resamples give the same intervals as one process.
+            assert a["ci95"][key] == b["ci95"][key], key
+        assert a["ci95"]["Top-1 Cls"] == b["ci95"]["Top-1 Cls"]
         # Each rank batches other images, and a network's outputs depend on the
         # batch in the last bits; PxAP's 1,000 float thresholds see that (README,
         # Multi-GPU), the 256 levels of the box metrics did not here.
@@ -140,6 +145,8 @@ def test_torchrun_two_processes_train_and_evaluate_like_one(workspace):
         assert a["num_images"] == b["num_images"] == single["num_images"]
         for key in ("Average Drop", "Increase in Confidence", "Insertion AUC", "Deletion AUC"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-9), key
+            assert a["ci95"][key] == pytest.approx(b["ci95"][key], rel=1e-5, abs=1e-9), key
+        assert a["ci95"]["PxAP"] == pytest.approx(b["ci95"]["PxAP"], abs=0.05)
         assert 0 <= b["Insertion AUC"] <= 1 and 0 <= b["Deletion AUC"] <= 1
     # One epoch of training under torchrun (gloo) writes one checkpoint from rank 0.
     done = _torchrun(tiny_argv(workspace, "ddp_train", "--epochs", "1"), workspace)

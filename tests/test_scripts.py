@@ -409,7 +409,8 @@ def test_make_tables_puts_reference_numbers_beside_ours(tmp_path):
     assert ("| ResNet50 | Grad-CAM | — [69.01] | — [69.01] | — [41.15] | — [40.33] | "
             "— [55.29] | — [53.60] | — [57.03] | — [57.99] |") in markdown
     assert "| ResNet50 | CAM | — [74.02] | — [74.02] | — | — | — [59.36] | — [60.49] |" in markdown
-    assert "| VGG16 | LayerCAM | — | — | — [37.19] | — [41.58] | — [11.27] | — [19.50] |" in markdown
+    assert ("| VGG16 | LayerCAM | — | — | — [37.19] | — [41.58] | "
+            "— [11.27] | — [19.50] |") in markdown
     assert "| ResNet50 | XGrad-CAM | — [29.53] | — [3.66] | — [14.56] | — [41.41] |" in markdown
     # wsolevaluation's CAM baseline where the paper has none.
     assert "| InceptionV3 | CAM | — [56.70*] |" in markdown
@@ -593,3 +594,26 @@ def test_make_tables_keeps_runs_of_other_protocols_apart(tmp_path, capsys):
     with open(tmp_path / "t" / "results.csv") as f:
         assert sorted(r["protocol"] for r in csv.DictReader(f)) == [
             "", "first_box_only True", "replay public_code"]
+
+
+def test_make_tables_shows_our_intervals_and_whether_published_numbers_lie_in_them(
+        tmp_path):
+    folder = tmp_path / "logs" / "a"
+    folder.mkdir(parents=True)
+    rows = [{"method": "cam", "branch": "softmax", "clamp": False, "MaxBoxAccV2": 60.1,
+             "ci95": {"MaxBoxAccV2": [58.9, 61.3]}},
+            {"method": "cam", "branch": "sigmoid", "clamp": True, "MaxBoxAccV2": 62.4,
+             "ci95": {"MaxBoxAccV2": [61.0, 63.7]}}]
+    (folder / "results_test.json").write_text(json.dumps(
+        {"experiment": "a", "dataset": "ILSVRC", "architecture": "vgg16", "split": "test",
+         "classification": {"Top-1 Cls": 66.0}, "rows": rows}))
+    assert make_tables.main(["--experiments", str(folder), "--output", str(tmp_path / "t")]) == 0
+    markdown = (tmp_path / "t" / "results.md").read_text()
+    # Published: 60.00 (vanilla) and 60.25 (ours), Table 2.
+    assert "60.10 {58.90-61.30} [60.00, +0.10, in]" in markdown
+    assert "62.40 {61.00-63.70} (+2.30) [60.25, +2.15, out]" in markdown
+    with open(tmp_path / "t" / "results.csv") as f:
+        record = next(csv.DictReader(f))
+    assert (record["MaxBoxAccV2 ours lo"], record["MaxBoxAccV2 ours hi"]) == ("61.0", "63.7")
+    assert record["MaxBoxAccV2 ref vanilla inside"] == "True"
+    assert record["MaxBoxAccV2 ref ours inside"] == "False"

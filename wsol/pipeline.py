@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from wsol.branches import branch_rule, clamp_rule
 from wsol.cams import CAMMethod, compute_cams_per_branch, evaluation_maps, normalize_maps
-from wsol.data.metadata import GroundTruth, configure_metadata
+from wsol.data.metadata import GroundTruth, configure_metadata, get_image_ids
 from wsol.errors import UserError
 from wsol.metrics import METRICS, EvalContext, EvaluatorSet, FidelityInputs, MapBatch, SeedBatch
 from wsol.model import CAMModel
@@ -154,7 +154,7 @@ class MapPass:
                         "numbers mean nothing", nonfinite, seen)
         return {"classification": classification, "num_images": seen,
                 "num_skipped_images": expected - seen,  # unreadable (--skip_bad_images)
-                "num_nonfinite_logits": nonfinite, "rows": self.evaluators.rows()}
+                "num_nonfinite_logits": nonfinite, **self.evaluators.results(self.dist.is_main)}
 
 
 class SeedPass:
@@ -193,11 +193,13 @@ class SeedPass:
                         logits = self.model(image)["logits"]
                 hits += int(hot[int(logits.argmax(1))] > 0)
                 seen += 1
+                correct = bool(hot[int(logits.argmax(1))] > 0)
                 for method, branch in self.evaluators.pairs:
                     found = done.maps.get((method, branch))
                     array = (found.cpu().numpy() if found is not None
                              else np.zeros((0, *image.shape[-2:]), np.float32))
-                    self.evaluators.process(SeedBatch(method, branch, image_id, array, classes))
+                    self.evaluators.process(SeedBatch(method, branch, image_id, array, classes,
+                                                      correct))
                     if self.writer is not None:
                         self.writer.save_seeds(array, classes, image_id, method, branch)
         if self.writer is not None:
@@ -211,7 +213,7 @@ class SeedPass:
                                  "replace the images")
         return {"classification": {"Top-1 Cls": 100.0 * hits / seen}, "num_images": seen,
                 "num_skipped_images": len(self.loader.sampler) - seen
-                if not self.dist.enabled else 0, "rows": self.evaluators.rows()}
+                if not self.dist.enabled else 0, **self.evaluators.results(self.dist.is_main)}
 
 
 # ---------------------------------------------------------------------------
@@ -234,10 +236,12 @@ def evaluation_context(settings: RunSettings, split: str | None = None,
         loc_threshold=evaluation.loc_threshold, first_box_only=choices.first_box_only,
         box_threads=evaluation.box_threads, seed_threshold=evaluation.seed_threshold,
         fidelity=evaluation.fidelity, fidelity_steps=evaluation.fidelity_steps,
-        fidelity_scorer=fidelity_scorer)
+        fidelity_scorer=fidelity_scorer, bootstrap=evaluation.bootstrap, seed=choices.seed)
     if not info.multi_label:
         context.ground_truth = GroundTruth(metadata, RESIZE_LENGTH, data.mask_folder,
                                            boxes=info.boxes, masks=info.masks)
+    context.image_ids = (context.ground_truth.image_ids if context.ground_truth is not None
+                         else get_image_ids(metadata))
     return context
 
 

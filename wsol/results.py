@@ -11,14 +11,14 @@ import json
 import logging
 import math
 import os
-from typing import Any
+from typing import Any, Sequence
 
 from wsol.branches import row_label
 from wsol.errors import write_failure
 
 __all__ = ["TABLE_COLUMNS", "format_table", "json_ready", "write_json", "read_json", "run_record",
            "branch_row", "row_clamp_rule", "row_branch_label", "evaluation_record",
-           "results_path"]
+           "results_path", "format_results", "format_paired"]
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +26,40 @@ TABLE_COLUMNS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP"
                  "mIoU (best t, chosen on GT)", "best t")
 
 
-def format_table(results: dict, box_column: str = "MaxBoxAccV2") -> str:
-    """Rows method x branch; columns Top-1 Cls, Top-1 Loc, GT-known Loc, the box
-    metric (MaxBoxAccV2, or MaxBoxAcc for single-contour evaluation), PxAP,
-    and the fidelity metrics when measured.  A NaN shows as 'nan'."""
+def _columns(results: dict, box_column: str) -> list[str]:
+    """The table's metrics: those of TABLE_COLUMNS the rows have (the box
+    metric as asked), then the fidelity metrics when measured."""
     columns = [box_column if c == "MaxBoxAccV2" else c for c in TABLE_COLUMNS]
     rows = results["rows"]
     for extra in ("Average Drop", "Increase in Confidence"):
         if any(extra in row for row in rows):
             columns.append(extra)
-    present = [c for c in columns if c == "Top-1 Cls" or any(c in row for row in rows)]
+    return [c for c in columns if c == "Top-1 Cls" or any(c in row for row in rows)]
+
+
+def format_results(results: dict, box_column: str = "MaxBoxAccV2") -> str:
+    """The table, and under it the paired differences between branches when
+    the bootstrap measured them."""
+    paired = format_paired(results, box_column)
+    return format_table(results, box_column) + (f"\n\n{paired}" if paired else "")
+
+
+def format_table(results: dict, box_column: str = "MaxBoxAccV2") -> str:
+    """Rows method x branch; columns Top-1 Cls, Top-1 Loc, GT-known Loc, the box
+    metric (MaxBoxAccV2, or MaxBoxAcc for single-contour evaluation), PxAP,
+    and the fidelity metrics when measured.  A NaN shows as 'nan'; with the
+    bootstrap each number is followed by its 95% interval, ``(lo-hi)``."""
+    rows = results["rows"]
+    present = _columns(results, box_column)
     warnings = [_warning(results, row) for row in rows]
     header = ["method", "branch", *present] + (["warning"] if any(warnings) else [])
     lines = [header]
     top1 = (results.get("classification") or {}).get("Top-1 Cls")
     for row, warning in zip(rows, warnings):
-        values = {**row, "Top-1 Cls": top1}
+        values = {**row, "Top-1 Cls": top1}  # the run's, with each row's interval
+        intervals = row.get("ci95") or {}
         lines.append([row["method"], row_branch_label(row)]
-                     + [_cell(values.get(c)) for c in present]
+                     + [_cell(values.get(c), intervals.get(c)) for c in present]
                      + ([warning] if any(warnings) else []))
     thresholds = {row["threshold"] for row in rows if "threshold" in row}
     if len(thresholds) == 1 and "mIoU" in header:  # the seed mIoU's background score
@@ -87,12 +103,53 @@ def _warning(results: dict, row: dict) -> str:
     return "; ".join(parts)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, interval: Sequence[float] | None = None) -> str:
     if value is None:
         return "-"
     if isinstance(value, float) and math.isnan(value):
         return "nan"
+    if interval:
+        return f"{value:.2f} ({interval[0]:.2f}-{interval[1]:.2f})"
     return f"{value:.2f}"
+
+
+def _p_value(p: float, resamples: int | None) -> str:
+    """A p-value as the resamples can tell it: none crossing zero is p < 2 / R."""
+    if p == 0 and resamples:
+        return f"p<{2 / resamples:.3g}"
+    return f"p={p:.3f}"
+
+
+def format_paired(results: dict, box_column: str = "MaxBoxAccV2") -> str:
+    """The paired differences between branches (same method, same images,
+    same resamples) for the table's metrics: ``diff (lo-hi) p``; '' without."""
+    metrics = [c for c in _columns(results, box_column)
+               if c not in ("Top-1 Cls", "mIoU (best t, chosen on GT)", "best t")]
+    found: dict[tuple, dict] = {}
+    for pair in results.get("paired") or []:
+        a, b = pair["a"], pair["b"]
+        if a["method"] == b["method"] and pair["metric"] in metrics:
+            found.setdefault((a["method"], a["branch"], b["branch"]), {})[pair["metric"]] = pair
+    if not found:
+        return ""
+    header = ["method", "difference", *metrics]
+    lines = [header]
+    resamples = (results.get("bootstrap") or {}).get("resamples")
+    for (method, a, b), cells in found.items():
+        line = [method, f"{a} - {b}"]
+        for metric in metrics:
+            pair = cells.get(metric)
+            ci = pair and pair.get("ci95")
+            line.append("-" if not ci else
+                        f"{pair['diff']:+.2f} ({ci[0]:+.2f} to {ci[1]:+.2f}) "
+                        f"{_p_value(pair['p'], resamples)}")
+        lines.append(line)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
+            for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return (f"paired differences between branches (95% interval over {resamples} resamples of "
+            f"the images; p: two-sided, no difference):\n" + "\n".join(text))
 
 
 def json_ready(value: Any) -> Any:

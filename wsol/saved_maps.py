@@ -257,11 +257,12 @@ def _load_seed_maps(folder: str, image_id: str):
 
 def score_saved_maps(folders: Mapping[tuple[str, str], str], evaluators,
                      image_ids: Iterable[str],
-                     corrects: Mapping[str, bool] | None = None) -> list[dict]:
+                     corrects: Mapping[str, bool] | None = None) -> dict:
     """Feed the maps of each (method, branch) folder to a run's evaluators
     (a :class:`wsol.metrics.EvaluatorSet` over the same pairs) and return its
-    rows: box and mask maps in batches of float64 maps, one by one as
-    wsolevaluation scores them; seed maps image by image."""
+    rows (and, with the bootstrap, the paired differences): box and mask maps
+    in batches of float64 maps, one by one as wsolevaluation scores them; seed
+    maps image by image."""
     from wsol.metrics import MapBatch, SeedBatch
     image_ids = list(image_ids)
     seeds = evaluators.context.dataset.multi_label
@@ -270,7 +271,9 @@ def score_saved_maps(folders: Mapping[tuple[str, str], str], evaluators,
             for image_id in image_ids:
                 maps, keys = _load_seed_maps(folder, image_id)
                 try:
-                    evaluators.process(SeedBatch(method, branch, image_id, maps, keys))
+                    evaluators.process(SeedBatch(method, branch, image_id, maps, keys,
+                                                 None if corrects is None
+                                                 else corrects.get(image_id)))
                 except (ValueError, KeyError) as error:
                     raise UserError(f"seed maps {os.path.join(folder, image_id)}.npz: {error}; "
                                     f"{_SEEDS_EXPECTED}") from None
@@ -282,4 +285,4 @@ def score_saved_maps(folders: Mapping[tuple[str, str], str], evaluators,
             evaluators.process(MapBatch(method, branch,
                                         [_load_scoremap(folder, i, size) for i in ids],
                                         ids, verdicts, normalized=True))
-    return evaluators.rows()
+    return evaluators.results()

@@ -147,6 +147,7 @@ class EvalSettings:
     fidelity_steps: int = 0
     tta_scales: tuple[float, ...] = ()
     seed_threshold: float = 0.21
+    bootstrap: int = 1000              # resamples of the images for the intervals (0: none)
     save_scoremaps: bool = False
     save_overlays: int = 0
     plots: bool = False

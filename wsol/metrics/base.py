@@ -64,6 +64,7 @@ class SeedBatch:
     image_id: str
     maps: np.ndarray               # [K, H, W] in [0, 1], at the mask's size
     keys: Sequence[int]            # the K ground-truth classes, ascending
+    correct: bool | None = None    # the softmax head's top class is one of the image's
 
 
 class Evaluator:
@@ -90,6 +91,13 @@ class Evaluator:
         mine, theirs = self.state(), other.state()
         self.load_state({k: mine[k] + theirs[k] for k in mine})
 
+    def bootstrap_samples(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """The metrics of each resample of the images (``weights``:
+        ``[R, images]``, how often each image of the split was drawn;
+        wsol.metrics.bootstrap); an evaluator that keeps no per-image results
+        has none."""
+        return {}
+
 
 @dataclass
 class EvalContext:
@@ -112,6 +120,9 @@ class EvalContext:
     executor: Any = None                      # threads shared by the box evaluators
     resize_length: int = 224
     ground_truth: Any = None                  # wsol.data.metadata.GroundTruth, read once
+    image_ids: Sequence[str] = ()             # the split's images, in metadata order
+    bootstrap: int = 0                        # resamples of the images (0: none)
+    seed: int = 0                             # of the resamples
     cache: dict = field(default_factory=dict)
 
 
@@ -123,7 +134,9 @@ class Metric:
 
 
 class EvaluatorSet:
-    """Every metric that applies, for every (method, branch) of a run."""
+    """Every metric that applies, for every (method, branch) of a run; with
+    ``context.bootstrap`` resamples, the interval of every number of every row
+    and the paired differences between rows (wsol.metrics.bootstrap)."""
 
     def __init__(self, metrics: Sequence[Metric], context: EvalContext,
                  pairs: Sequence[tuple[str, str]], rules: Mapping[str, str] | None = None):
@@ -136,6 +149,12 @@ class EvaluatorSet:
         self.rules = {b: rules.get(b) or _default_rule(b) for _, b in self.pairs}
         self.evaluators: dict[tuple[str, str], dict[str, Evaluator]] = {
             pair: {m.name: m.build(context) for m in self.metrics} for pair in self.pairs}
+        self._index = ({image_id: i for i, image_id in enumerate(context.image_ids)}
+                       if context.bootstrap > 0 else {})
+        # Per image: seen, the softmax head's top-1 right (Top-1 Cls of each resample).
+        self.verdicts = np.zeros((len(self._index), 2), np.uint8)
+        self.verdicts_known = False  # some batch said whether its top-1 was right
+        self.samples: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
     def has(self, name: str) -> bool:
         return any(m.name == name for m in self.metrics)
@@ -144,10 +163,29 @@ class EvaluatorSet:
         for evaluators in self.evaluators.values():
             for evaluator in evaluators.values():
                 evaluator.reset()
+        self.verdicts[:] = 0
+        self.verdicts_known = False
+        self.samples = {}
 
     def process(self, batch: MapBatch | SeedBatch) -> None:
         for evaluator in self.evaluators[(batch.method, batch.branch)].values():
             evaluator.process(batch)
+        if self._index:
+            self._record_verdicts(batch)
+
+    def _record_verdicts(self, batch: MapBatch | SeedBatch) -> None:
+        if isinstance(batch, SeedBatch):
+            ids, corrects = [batch.image_id], [batch.correct]
+        else:
+            ids = batch.image_ids
+            corrects = batch.corrects
+            if isinstance(corrects, torch.Tensor):
+                corrects = corrects.detach().cpu().tolist()
+            corrects = corrects if corrects is not None else [None] * len(ids)
+        rows = [self._index[i] for i in ids]
+        self.verdicts[rows, 0] = 1
+        self.verdicts[rows, 1] = [c is True for c in corrects]
+        self.verdicts_known = self.verdicts_known or any(c is not None for c in corrects)
 
     def all(self) -> list[Evaluator]:
         return [e for evaluators in self.evaluators.values() for e in evaluators.values()]
@@ -156,17 +194,97 @@ class EvaluatorSet:
         """Replace every state by ``reduce(state)`` (the sum over ranks)."""
         for evaluator in self.all():
             evaluator.load_state(reduce(evaluator.state()))
+        if self._index:
+            merged = reduce({"verdicts": self.verdicts,
+                             "known": np.asarray(int(self.verdicts_known))})
+            self.verdicts = np.minimum(np.asarray(merged["verdicts"]), 1).astype(np.uint8)
+            self.verdicts_known = bool(int(np.asarray(merged["known"])))
+
+    def bootstrap(self) -> None:
+        """Draw the run's resamples (seeded: the same for every row) and keep
+        every metric's samples per row."""
+        from wsol.metrics.bootstrap import proportion_samples, resample_weights
+        context = self.context
+        if context.bootstrap <= 0:
+            return
+        blocks: dict[tuple[str, str], dict[str, list]] = {pair: {} for pair in self.pairs}
+        seen, correct = self.verdicts[:, 0], self.verdicts[:, 1]
+        for weights in resample_weights(len(self._index), context.bootstrap, context.seed):
+            top1 = proportion_samples(weights, correct, seen) if self.verdicts_known else None
+            for pair, evaluators in self.evaluators.items():
+                found = {} if top1 is None else {"Top-1 Cls": top1}
+                for evaluator in evaluators.values():
+                    found.update(evaluator.bootstrap_samples(weights))
+                for metric, values in found.items():
+                    blocks[pair].setdefault(metric, []).append(values)
+        self.samples = {pair: {m: np.concatenate(v) for m, v in found.items()}
+                        for pair, found in blocks.items()}
 
     def rows(self) -> list[dict]:
         """One results row per (method, branch): the branch's rules, then
-        every metric's numbers."""
+        every metric's numbers (and, after :meth:`bootstrap`, their 95%
+        intervals under ``ci95``)."""
+        from wsol.metrics.bootstrap import interval
         rows = []
         for (method, branch), evaluators in self.evaluators.items():
             row = branch_row(method, branch, self.rules[branch])
             for evaluator in evaluators.values():
                 row.update(evaluator.evaluate())
+            if (method, branch) in self.samples:
+                row["ci95"] = {metric: interval(values) for metric, values
+                               in self.samples[(method, branch)].items()}
             rows.append(row)
         return rows
+
+    def results(self, bootstrap: bool = True) -> dict:
+        """The rows and, with the bootstrap (``bootstrap``: run it here; the
+        main process of a torchrun job does), the paired differences and how
+        the resamples were drawn."""
+        if bootstrap:
+            self.bootstrap()
+        rows = self.rows()
+        found: dict[str, Any] = {"rows": rows}
+        if self.samples:
+            found["paired"] = self.paired(rows)
+            found["bootstrap"] = {"resamples": self.context.bootstrap, "seed": self.context.seed}
+        return found
+
+    def paired(self, rows: Sequence[dict]) -> list[dict]:
+        """For every two rows that differ only in branch (the later branch of
+        wsol.branches.BRANCHES minus the earlier: sigmoid - softmax, recam -
+        sigmoid) or only in method (the later method minus the earlier), the
+        difference of each metric both have, its interval over the same
+        resamples and a two-sided p-value."""
+        from wsol.metrics.bootstrap import paired_difference
+        if not self.samples:
+            return []
+        by_pair = {(r["method"], r["branch"]): r for r in rows}
+        order = list(self.pairs)
+        out = []
+        for i, a in enumerate(order):
+            for b in order[:i]:
+                if (a[0] == b[0]) == (a[1] == b[1]):
+                    continue  # the same row, or differing in both
+                if a[0] == b[0] and _branch_order(a[1]) < _branch_order(b[1]):
+                    a_, b_ = b, a
+                else:
+                    a_, b_ = a, b
+                for metric, values in self.samples[a_].items():
+                    other = self.samples[b_].get(metric)
+                    observed = (by_pair[a_].get(metric), by_pair[b_].get(metric))
+                    if other is None or not all(isinstance(v, (int, float)) for v in observed):
+                        continue
+                    ci, p = paired_difference(values, other)
+                    out.append({"metric": metric, "a": {"method": a_[0], "branch": a_[1]},
+                                "b": {"method": b_[0], "branch": b_[1]},
+                                "diff": float(observed[0]) - float(observed[1]), "ci95": ci,
+                                "p": p})
+        return out
+
+
+def _branch_order(branch: str) -> int:
+    order = list(BRANCH_RULES)
+    return order.index(branch) if branch in order else -1
 
 
 def _default_rule(branch: str) -> str:

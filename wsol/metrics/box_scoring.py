@@ -29,7 +29,8 @@ from wsol.metrics import _box_kernels as kernels
 from wsol.protocol import (calculate_multiple_iou, contour_box, contours_above,
                            largest_contour_box)
 
-__all__ = ["BoxSettings", "ReferenceScorer", "FastScorer", "COUNT_KEYS", "zero_counts"]
+__all__ = ["BoxSettings", "ReferenceScorer", "FastScorer", "COUNT_KEYS", "zero_counts",
+           "level_tables", "PER_IMAGE"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,43 @@ class BoxSettings:
     thresholds: tuple[float, ...]  # CAM thresholds
     ious: tuple[float, ...]        # IoU thresholds in percent (50 always included)
     loc_threshold: float           # GT-known / Top-1 Loc's CAM threshold
+
+
+def level_tables(settings: BoxSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Level index (L + 1) of every threshold for every quantised maximum
+    ``[256, T]``, of the loc threshold ``[256]``, and which levels some
+    threshold needs ``[256, 257]``.
+
+    wsolevaluation thresholds at ``int(t * max)`` with cv2.threshold, which
+    keeps values strictly above it: levels below -1 behave as -1 (everything)
+    and above 255 as 255 (nothing).
+    """
+    thresholds = np.asarray(settings.thresholds, dtype=np.float64)
+    maxima = np.arange(256, dtype=np.float64)
+    levels = np.trunc(maxima[:, None] * thresholds[None, :])
+    levels = np.clip(levels, -1, 255).astype(np.int64) + 1
+    loc = np.clip(np.trunc(maxima * np.float64(settings.loc_threshold)),
+                  -1, 255).astype(np.int64) + 1
+    needed = np.zeros((256, kernels.NUM_LEVELS), dtype=np.bool_)
+    rows = np.repeat(np.arange(256), levels.shape[1])
+    needed[rows, levels.ravel()] = True
+    needed[np.arange(256), loc] = True
+    return levels, loc, needed
+
+
+# What a scorer reports of each map when asked (``keep_per_image``), for the
+# bootstrap (wsol.metrics.bootstrap): its quantised maximum, whether its
+# boxes hit at each IoU threshold and level (all contours, the largest), and
+# its GT-known verdicts at the loc threshold (best, first GT box).
+PER_IMAGE = "per_image"
+
+
+def _per_image(maxima: np.ndarray, multi: np.ndarray, single: np.ndarray, ious,
+               hit_best: np.ndarray, hit_first: np.ndarray) -> dict:
+    values = np.asarray([t / 100 for t in ious], dtype=np.float64)[None, :, None]
+    return {"maxima": maxima.astype(np.uint8),
+            "hits": np.stack([multi[:, None, :] >= values, single[:, None, :] >= values], 1),
+            "gt_best": hit_best.astype(bool), "gt_first": hit_first.astype(bool)}
 
 
 def zero_counts(settings: BoxSettings) -> dict[str, np.ndarray]:
@@ -78,6 +116,8 @@ class ReferenceScorer:
 
     def __init__(self, settings: BoxSettings):
         self.settings = settings
+        self.keep_per_image = False
+        self.level_table, self.loc_levels, _ = level_tables(settings)
 
     def submit(self, q: np.ndarray, gts: Sequence[np.ndarray],
                corrects: Sequence[bool | None]) -> _Done:
@@ -86,6 +126,9 @@ class ReferenceScorer:
         height, width = q.shape[1:]
         hit_best = np.zeros(len(q), np.int64)
         hit_first = np.zeros(len(q), np.int64)
+        keep = self.keep_per_image
+        maxima = q.reshape(len(q), -1).max(axis=1) if len(q) else np.zeros(0, np.uint8)
+        by_level = np.zeros((2, len(q), kernels.NUM_LEVELS)) if keep else None
         for b, (quantised, gt) in enumerate(zip(q, gts)):
             image = np.expand_dims(quantised, 2)
             max_value = np.max(image)
@@ -107,11 +150,18 @@ class ReferenceScorer:
             for d, t in enumerate(s.ious):
                 counts["correct_multi"][d] += multi >= (t / 100)
                 counts["correct_single"][d] += single >= (t / 100)
+            if keep:  # every threshold of a level has the same boxes
+                levels = self.level_table[int(max_value)]
+                by_level[0, b, levels] = multi
+                by_level[1, b, levels] = single
             contours = contours_above(image, int(s.loc_threshold * max_value))
             ious = calculate_multiple_iou(
                 np.array([largest_contour_box(contours, width, height)]), gt)[0]
             hit_best[b], hit_first[b] = ious.max() >= 0.5, ious[0] >= 0.5
         _add_verdicts(counts, hit_best, hit_first, corrects)
+        if keep:
+            counts[PER_IMAGE] = _per_image(maxima, by_level[0], by_level[1], s.ious, hit_best,
+                                           hit_first)
         return _Done(counts)
 
 
@@ -135,6 +185,9 @@ class _FastJob:
             self.scorer.iou_values, a["multi"], a["v1_best"], a["v1_first"],
             counts["correct_multi"], counts["correct_single"], hit_best, hit_first)
         _add_verdicts(counts, hit_best, hit_first, self.corrects)
+        if self.scorer.keep_per_image:
+            counts[PER_IMAGE] = _per_image(a["maxima"], a["multi"], a["v1_best"],
+                                           self.scorer.settings.ious, hit_best, hit_first)
         return counts
 
 
@@ -163,27 +216,9 @@ class FastScorer:
         self.executor = executor
         # Tests set 0 to exercise the kernels' filled-sweep path.
         self.hole_record_capacity: int | None = None
-        self.level_table, self.loc_levels, self.needed = self._level_tables()
+        self.keep_per_image = False
+        self.level_table, self.loc_levels, self.needed = level_tables(settings)
         self.iou_values = np.array([t / 100 for t in settings.ious], dtype=np.float64)
-
-    def _level_tables(self):
-        """Level index (L + 1) of every threshold for every quantised maximum.
-
-        wsolevaluation thresholds at ``int(t * max)`` with cv2.threshold,
-        which keeps values strictly above it: levels below -1 behave as -1
-        (everything) and above 255 as 255 (nothing).
-        """
-        thresholds = np.asarray(self.settings.thresholds, dtype=np.float64)
-        maxima = np.arange(256, dtype=np.float64)
-        levels = np.trunc(maxima[:, None] * thresholds[None, :])
-        levels = np.clip(levels, -1, 255).astype(np.int64) + 1
-        loc = np.clip(np.trunc(maxima * np.float64(self.settings.loc_threshold)),
-                      -1, 255).astype(np.int64) + 1
-        needed = np.zeros((256, kernels.NUM_LEVELS), dtype=np.bool_)
-        rows = np.repeat(np.arange(256), levels.shape[1])
-        needed[rows, levels.ravel()] = True
-        needed[np.arange(256), loc] = True
-        return levels, loc, needed
 
     def submit(self, q: np.ndarray, gts: Sequence[np.ndarray],
                corrects: Sequence[bool | None]) -> _FastJob:

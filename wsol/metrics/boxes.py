@@ -27,8 +27,9 @@ import torch
 from wsol.data.metadata import GroundTruth
 from wsol.metrics import _box_kernels as kernels
 from wsol.metrics.base import EvalContext, Evaluator, MapBatch
-from wsol.metrics.box_scoring import (COUNT_KEYS, BoxSettings, FastScorer, ReferenceScorer,
-                                      zero_counts)
+from wsol.metrics.bootstrap import proportion_samples
+from wsol.metrics.box_scoring import (COUNT_KEYS, PER_IMAGE, BoxSettings, FastScorer,
+                                      ReferenceScorer, zero_counts)
 from wsol.protocol import RESIZE_LENGTH, check_scoremap_type, quantise_maps
 
 __all__ = ["LocalizationEvaluator", "BoxEvaluator", "DeviceHandOff"]
@@ -38,6 +39,12 @@ log = logging.getLogger(__name__)
 # Maps accumulated one at a time are buffered and scored in batches of this
 # size, so that the per-map API also runs on threads.
 _FLUSH_SIZE = 256
+# Per image (for the bootstrap): the hit bits of each curve at the 257 levels,
+# packed; and its verdicts: scored, GT-known (best / first box), top-1 right,
+# top-1 verdict known.
+_PACKED = (kernels.NUM_LEVELS + 7) // 8
+_VERDICTS = ("seen", "gt_best", "gt_first", "correct", "known")
+_IMAGE_CHUNK = 4096  # images unpacked at a time by the bootstrap
 
 
 class LocalizationEvaluator(Evaluator):
@@ -93,7 +100,7 @@ class BoxEvaluator(LocalizationEvaluator):
                  resize_length: int = RESIZE_LENGTH, loc_threshold: float = 0.2,
                  first_box_only: bool = False, num_workers: int | None = None,
                  ground_truth: GroundTruth | None = None, scorer: str = "fast",
-                 executor: Executor | None = None):
+                 executor: Executor | None = None, per_image: bool = False):
         super().__init__(metadata=metadata, dataset_name=dataset_name, split=split,
                          cam_threshold_list=cam_threshold_list,
                          iou_threshold_list=iou_threshold_list, mask_root=mask_root,
@@ -120,10 +127,24 @@ class BoxEvaluator(LocalizationEvaluator):
         else:
             raise ValueError(f"unknown scorer {scorer!r}; use 'fast' or 'reference'")
         self._settings = settings
-        self._counts = zero_counts(settings)
         self._pending: list[tuple[np.ndarray, str, bool | None]] = []
         self._inflight: list = []
         self._hand_off: DeviceHandOff | None = None
+        # What each image contributed (per_image: for the bootstrap), by its
+        # place in the split; the arrays add up across processes.
+        self.scorer.keep_per_image = bool(per_image)
+        self._index = ({image_id: i for i, image_id in enumerate(self.ground_truth.image_ids)}
+                       if per_image else {})
+        self._counts = self._zero()
+
+    def _zero(self) -> dict[str, np.ndarray]:
+        counts = zero_counts(self._settings)
+        if self._index:
+            n, curves = len(self._index), 2 * len(self._ious)
+            counts.update({"image_hits": np.zeros((n, curves, _PACKED), np.uint8),
+                           "image_verdicts": np.zeros((n, len(_VERDICTS)), np.uint8),
+                           "image_max": np.zeros(n, np.uint8)})
+        return counts
 
     @classmethod
     def for_run(cls, context: EvalContext) -> "BoxEvaluator":
@@ -136,12 +157,13 @@ class BoxEvaluator(LocalizationEvaluator):
                    multi_contour_eval=context.multi_contour_eval,
                    resize_length=context.resize_length, loc_threshold=context.loc_threshold,
                    first_box_only=context.first_box_only, num_workers=threads,
-                   ground_truth=context.ground_truth, executor=context.executor)
+                   ground_truth=context.ground_truth, executor=context.executor,
+                   per_image=context.bootstrap > 0)
 
     # -- the evaluator protocol (wsol.metrics.base) -------------------------------
     def reset(self) -> None:
         self._flush()
-        self._counts = zero_counts(self._settings)
+        self._counts = self._zero()
 
     def process(self, batch: MapBatch) -> None:
         """Saved maps one by one as wsolevaluation scores them; a run's raw maps
@@ -250,13 +272,28 @@ class BoxEvaluator(LocalizationEvaluator):
         if not image_ids:
             return
         gts = [self.ground_truth.boxes[i] for i in image_ids]
-        self._inflight.append(self.scorer.submit(q, gts, corrects))
+        self._inflight.append((self.scorer.submit(q, gts, corrects), image_ids, corrects))
         while len(self._inflight) > 2:
-            self._add(self._inflight.pop(0).result())
+            self._add(*self._inflight.pop(0))
 
-    def _add(self, counts: dict[str, np.ndarray]) -> None:
+    def _add(self, job, image_ids: list[str], corrects: list[bool | None]) -> None:
+        counts = job.result()
         for key in COUNT_KEYS:
             self._counts[key] += counts[key]
+        if PER_IMAGE in counts:
+            self._add_images(counts[PER_IMAGE], image_ids, corrects)
+
+    def _add_images(self, images: dict, image_ids: list[str],
+                    corrects: list[bool | None]) -> None:
+        rows = np.asarray([self._index[i] for i in image_ids], dtype=np.int64)
+        hits = images["hits"].reshape(len(rows), -1, kernels.NUM_LEVELS)
+        self._counts["image_hits"][rows] = np.packbits(hits, axis=-1)
+        correct = np.asarray([c is True for c in corrects])
+        known = np.asarray([c is not None for c in corrects])
+        self._counts["image_verdicts"][rows] = np.stack(
+            [np.ones(len(rows), bool), images["gt_best"], images["gt_first"], correct, known],
+            1)
+        self._counts["image_max"][rows] = images["maxima"]
 
     def _flush_pending(self) -> None:
         if self._pending:
@@ -272,7 +309,7 @@ class BoxEvaluator(LocalizationEvaluator):
             self._hand_off.finish()
         self._flush_pending()
         while self._inflight:
-            self._add(self._inflight.pop(0).result())
+            self._add(*self._inflight.pop(0))
 
     # -- state -------------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray]:
@@ -284,11 +321,11 @@ class BoxEvaluator(LocalizationEvaluator):
         """Replace the state by ``state`` (from ``state()`` of an evaluator with
         the same settings, or a sum of several)."""
         self._flush()
-        for key in COUNT_KEYS:
-            value = np.asarray(state[key], dtype=np.int64)
-            if value.shape != self._counts[key].shape:
+        for key, own in self._counts.items():
+            value = np.asarray(state[key]).astype(own.dtype)
+            if value.shape != own.shape:
                 raise ValueError(f"state[{key!r}] has shape {value.shape}, expected "
-                                 f"{self._counts[key].shape}")
+                                 f"{own.shape}")
             self._counts[key] = value.copy()
 
     # -- results -----------------------------------------------------------------
@@ -328,6 +365,59 @@ class BoxEvaluator(LocalizationEvaluator):
         key = "correct_multi" if self.multi_contour_eval else "correct_single"
         curves = self._accuracy_curves(key)
         return [curves[t].max() for t in self.iou_threshold_list]
+
+    def bootstrap_samples(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """The box metrics of each resample (``weights``: ``[R, images]``, how
+        often each image of the split was drawn), as :meth:`summary` computes
+        them; MaxBoxAcc re-takes its maximum over thresholds in every resample.
+
+        A threshold's hit of an image depends on the threshold only through
+        its level (``int(t * max)``), so the weighted hits are summed per
+        level (images grouped by their quantised maximum), then read out at
+        each threshold's level."""
+        self._flush()
+        if not self._index:
+            raise RuntimeError("per-image results were not kept: per_image=True")
+        c = self._counts
+        verdicts = c["image_verdicts"].astype(bool)
+        seen = verdicts[:, 0]
+        resamples = weights.shape[0]
+        curves = c["image_hits"].shape[1]
+        per_level = {}  # quantised maximum -> [R, curves, levels]
+        for maximum in np.unique(c["image_max"][seen]):
+            images = np.flatnonzero(seen & (c["image_max"] == maximum))
+            total = np.zeros((resamples, curves * kernels.NUM_LEVELS), np.float32)
+            for start in range(0, len(images), _IMAGE_CHUNK):
+                chunk = images[start:start + _IMAGE_CHUNK]
+                hits = np.unpackbits(c["image_hits"][chunk], axis=-1,
+                                     count=kernels.NUM_LEVELS).reshape(len(chunk), -1)
+                total += weights[:, chunk] @ hits.astype(np.float32)
+            per_level[int(maximum)] = total.reshape(resamples, curves, kernels.NUM_LEVELS)
+        counts = np.zeros((resamples, curves, len(self.cam_threshold_list)), np.float32)
+        for maximum, total in per_level.items():
+            counts += total[:, :, self.scorer.level_table[maximum]]
+        images = (weights @ seen.astype(np.float32)).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):  # exact counts, divided in float64
+            accuracy = 100.0 * counts.astype(np.float64) / images[:, None, None]
+        best = accuracy.max(axis=2)  # [R, curves]: the best threshold of each resample
+        n_ious = len(self._ious)
+        out: dict[str, np.ndarray] = {}
+        for d, t in enumerate(self._ious):
+            if t in self.iou_threshold_list:
+                out[f"MaxBoxAccV2@{t}"] = best[:, d]
+                out[f"MaxBoxAcc@{t}"] = best[:, n_ious + d]
+        out["MaxBoxAccV2"] = np.mean([out[f"MaxBoxAccV2@{t}"] for t in self.iou_threshold_list],
+                                     axis=0)
+        out["MaxBoxAcc"] = best[:, n_ious + self._ious.index(50)]
+        correct, known = verdicts[:, 3], verdicts[:, 4]
+        for variant, gt in (("best box", verdicts[:, 1]), ("first box", verdicts[:, 2])):
+            out[f"GT-known Loc ({variant})"] = proportion_samples(weights, gt, seen)
+            top1 = proportion_samples(weights, gt & correct, seen)
+            out[f"Top-1 Loc ({variant})"] = top1 if known.any() else np.full(resamples, np.nan)
+        variant = "first box" if self.first_box_only else "best box"
+        out["GT-known Loc"] = out[f"GT-known Loc ({variant})"]
+        out["Top-1 Loc"] = out[f"Top-1 Loc ({variant})"]
+        return out
 
     def summary(self) -> dict:
         """Every box metric from the one pass (accuracies in percent)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -156,18 +157,27 @@ class FidelityEvaluator(Evaluator):
     KEYS = ("drop_sum", "num_increase", "num_confidence", "insertion_sum", "deletion_sum",
             "num_auc", "num_invalid")
 
-    def __init__(self, scorer: Scorer | None = None, steps: int = 0) -> None:
+    # Per image (image_ids given: for the bootstrap): drop, increase, valid,
+    # insertion, deletion, AUC measured.
+    IMAGE_KEYS = ("drop", "increase", "valid", "insertion", "deletion", "auc")
+
+    def __init__(self, scorer: Scorer | None = None, steps: int = 0,
+                 image_ids: list[str] | None = None) -> None:
         self.scorer = scorer  # needed by process()
         self.steps = int(steps)  # > 0: insertion/deletion AUC in this many steps
-        self._sums: torch.Tensor | None = None
+        self._index = {image_id: i for i, image_id in enumerate(image_ids or ())}
+        self.reset()
 
     @classmethod
     def for_run(cls, context: EvalContext) -> "FidelityEvaluator":
-        return cls(context.fidelity_scorer, context.fidelity_steps)
+        return cls(context.fidelity_scorer, context.fidelity_steps,
+                   list(context.image_ids) if context.bootstrap > 0 else None)
 
     # -- the evaluator protocol (wsol.metrics.base) -------------------------------
     def reset(self) -> None:
         self._sums = None
+        self.image_values = (np.zeros((len(self._index), len(self.IMAGE_KEYS)))
+                             if self._index else None)
 
     @torch.no_grad()
     def process(self, batch: MapBatch) -> None:
@@ -182,11 +192,29 @@ class FidelityEvaluator(Evaluator):
         index = inputs.classes[:, None]
         full = inputs.logits.double().log_softmax(1).gather(1, index)[:, 0]
         masked = self.scorer(masked_images(images, saliency), inputs.key).gather(1, index)[:, 0]
-        self.accumulate(full, masked, log_space=True)
+        per_image = [*self.accumulate(full, masked, log_space=True)]
         if self.steps > 0:
             auc = insertion_deletion_auc(lambda x: self.scorer(x, inputs.key).exp(), images,
                                          saliency, inputs.classes, steps=self.steps)
             self.accumulate_auc(auc["insertion"], auc["deletion"])
+            per_image += [auc["insertion"], auc["deletion"], torch.ones_like(full)]
+        if self.image_values is not None:
+            rows = [self._index[i] for i in batch.image_ids]
+            values = torch.stack([v.double().to(full.device) for v in per_image], 1)
+            self.image_values[rows, :values.shape[1]] = values.cpu().numpy()
+
+    def bootstrap_samples(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """The fidelity metrics of each resample (``weights``: ``[R, images]``)."""
+        if self.image_values is None:
+            raise RuntimeError("per-image results were not kept: pass image_ids")
+        drop, increase, valid, insertion, deletion, auc = self.image_values.T
+        w = weights.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            counted, measured = w @ valid, w @ auc
+            return {"Average Drop": 100.0 * (w @ (drop * valid)) / counted,
+                    "Increase in Confidence": 100.0 * (w @ (increase * valid)) / counted,
+                    "Insertion AUC": (w @ insertion) / measured,
+                    "Deletion AUC": (w @ deletion) / measured}
 
     def evaluate(self) -> dict[str, float]:
         return self.compute()
@@ -198,14 +226,19 @@ class FidelityEvaluator(Evaluator):
         return self._sums
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"sums": self._totals().clone()}
+        state = {"sums": self._totals().clone()}
+        if self.image_values is not None:
+            state["image_values"] = torch.from_numpy(self.image_values.copy())
+        return state
 
     def load_state(self, state: dict) -> None:
         self._sums = torch.as_tensor(state["sums"]).to(torch.float64).clone()
+        if self.image_values is not None:
+            self.image_values = torch.as_tensor(state["image_values"]).double().cpu().numpy()
 
     def merge(self, other: "FidelityEvaluator") -> None:
-        theirs = other._totals()
-        self.load_state({"sums": self._totals() + theirs.to(self._totals().device)})
+        mine, theirs = self.state(), other.state()
+        self.load_state({k: v + theirs[k].to(v.device) for k, v in mine.items()})
 
     def _add(self, device: torch.device, **values) -> None:
         update = torch.zeros(len(self.KEYS), dtype=torch.float64, device=device)
@@ -214,7 +247,7 @@ class FidelityEvaluator(Evaluator):
         self._sums = update if self._sums is None else self._sums + update.to(self._sums.device)
 
     def accumulate(self, scores_full: torch.Tensor, scores_masked: torch.Tensor,
-                   log_space: bool = False) -> None:
+                   log_space: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scores of the class on the full and on the masked images:
         probabilities, or with ``log_space`` log-probabilities (then a
         vanishing probability is no problem: ``o / y = exp(log o - log y)``).
@@ -222,7 +255,8 @@ class FidelityEvaluator(Evaluator):
         Probabilities must be > 0; on the CPU a zero raises ValueError at
         once.  Otherwise an invalid score (zero probability, non-finite
         log-probability) leaves its image out of both averages and is
-        counted in ``num_invalid_scores``."""
+        counted in ``num_invalid_scores``.  Returns each image's drop,
+        increase and validity."""
         y = torch.as_tensor(scores_full).detach().double().flatten()
         o = torch.as_tensor(scores_masked).detach().double().flatten().to(y.device)
         if y.shape != o.shape:
@@ -237,8 +271,10 @@ class FidelityEvaluator(Evaluator):
             ratio = o / torch.where(invalid, 1.0, y)
         valid = ~invalid
         drop = torch.where(valid, torch.clamp(1 - ratio, min=0), 0.0)
-        self._add(y.device, drop_sum=drop.sum(), num_increase=((o > y) & valid).sum(),
+        increase = (o > y) & valid
+        self._add(y.device, drop_sum=drop.sum(), num_increase=increase.sum(),
                   num_confidence=valid.sum(), num_invalid=invalid.sum())
+        return drop, increase, valid
 
     def accumulate_auc(self, insertion: torch.Tensor, deletion: torch.Tensor) -> None:
         insertion = torch.as_tensor(insertion).detach().double().flatten()

@@ -33,7 +33,8 @@ class MaskEvaluator(LocalizationEvaluator):
                  cam_threshold_list: Sequence[float],
                  iou_threshold_list: Sequence[float] | None = None,
                  mask_root: str | None = None, multi_contour_eval: bool | None = None,
-                 resize_length: int = RESIZE_LENGTH, ground_truth: GroundTruth | None = None):
+                 resize_length: int = RESIZE_LENGTH, ground_truth: GroundTruth | None = None,
+                 per_image: bool = False):
         super().__init__(metadata=metadata, dataset_name=dataset_name,
                          split=split, cam_threshold_list=cam_threshold_list,
                          iou_threshold_list=iou_threshold_list,
@@ -53,6 +54,10 @@ class MaskEvaluator(LocalizationEvaluator):
             raise ValueError("bins must increase monotonically "
                              "(cam_threshold_list must be sorted)")
         self._edges_on: dict[torch.device, torch.Tensor] = {}
+        # Each image's histograms (per_image: for the bootstrap), by its place
+        # in the split: uint16 is enough for the pixels of one map.
+        self._index = ({image_id: i for i, image_id in enumerate(self.ground_truth.image_ids)}
+                       if per_image else {})
         self.reset()
 
     @classmethod
@@ -61,7 +66,7 @@ class MaskEvaluator(LocalizationEvaluator):
         return cls(metadata=context.metadata, dataset_name=context.dataset.name,
                    split=context.split, cam_threshold_list=context.thresholds,
                    mask_root=context.mask_folder, resize_length=context.resize_length,
-                   ground_truth=context.ground_truth)
+                   ground_truth=context.ground_truth, per_image=context.bootstrap > 0)
 
     # -- the evaluator protocol (wsol.metrics.base) -------------------------------
     def reset(self) -> None:
@@ -69,6 +74,9 @@ class MaskEvaluator(LocalizationEvaluator):
         self.gt_false_score_hist = np.zeros(self.num_bins, dtype=np.int64)
         self._num_images = 0
         self._device_hists: dict[torch.device, tuple] = {}
+        self._arriving: list[tuple] = []  # per-image histograms on their way to the host
+        self.image_hists = (np.zeros((len(self._index), 2, self.num_bins), np.uint16)
+                            if self._index else None)  # [images, (background, fg), bins]
 
     def process(self, batch: MapBatch) -> None:
         """Saved maps one by one as wsolevaluation scores them; a run's raw maps
@@ -99,10 +107,12 @@ class MaskEvaluator(LocalizationEvaluator):
                              f"{self.resize_length}; it is {scoremap.shape}.")
         mask = self._mask(image_id)
         values = scoremap.astype(np.float64, copy=False)
-        self.gt_true_score_hist += np.bincount(
-            self._bin_index(values[mask == 1]), minlength=self.num_bins)
-        self.gt_false_score_hist += np.bincount(
-            self._bin_index(values[mask == 0]), minlength=self.num_bins)
+        true = np.bincount(self._bin_index(values[mask == 1]), minlength=self.num_bins)
+        false = np.bincount(self._bin_index(values[mask == 0]), minlength=self.num_bins)
+        self.gt_true_score_hist += true
+        self.gt_false_score_hist += false
+        if self.image_hists is not None:
+            self.image_hists[self._index[image_id]] = np.stack([false, true])
         self._num_images += 1
 
     def accumulate_batch(self, scoremaps, image_ids: Sequence[str],
@@ -144,15 +154,49 @@ class MaskEvaluator(LocalizationEvaluator):
         # One scatter-add over (pixel class, bin): unlike boolean indexing or
         # bincount, it never asks the GPU for a size, so nothing waits for it.
         pixel_class = torch.where(labels == 1, 1, torch.where(labels == 0, 0, 2))
-        key = (index + self.num_bins * pixel_class).flatten()
-        counts = torch.zeros(3 * self.num_bins, dtype=torch.int64, device=device)
-        counts.scatter_add_(0, key, torch.ones_like(key))
+        key = index + self.num_bins * pixel_class
+        if self.image_hists is not None:  # one histogram per image: [B, 3, bins]
+            key = key + 3 * self.num_bins * torch.arange(
+                len(image_ids), device=device).view(-1, 1, 1)
+        images = len(image_ids) if self.image_hists is not None else 1
+        counts = torch.zeros(images * 3 * self.num_bins, dtype=torch.int64, device=device)
+        counts.scatter_add_(0, key.flatten(), torch.ones_like(key.flatten()))
+        if self.image_hists is not None:
+            per_image = counts.view(len(image_ids), 3, self.num_bins)
+            self._hand_over_images(per_image[:, :2].to(torch.int32), image_ids)
+            counts = per_image.sum(0).flatten()
         false_hist += counts[:self.num_bins]
         true_hist += counts[self.num_bins:2 * self.num_bins]
         num_outside += outside  # checked in _gather: a GPU batch is not waited for
         self._num_images += len(image_ids)
 
+    def _hand_over_images(self, hists: torch.Tensor, image_ids: list[str]) -> None:
+        """Per-image histograms to the host: from a GPU asynchronously (taken in
+        once their copy has landed), so no batch waits for it."""
+        rows = [self._index[i] for i in image_ids]
+        if hists.device.type == "cuda":
+            host = torch.empty(hists.shape, dtype=hists.dtype, pin_memory=True)
+            host.copy_(hists, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(hists.device))
+            self._arriving.append((rows, host, ready))
+        else:
+            self._arriving.append((rows, hists, None))
+        self._take_images(wait=False)
+
+    def _take_images(self, wait: bool) -> None:
+        while self._arriving:
+            rows, host, ready = self._arriving[0]
+            if ready is not None and not wait and not ready.query():
+                return
+            if ready is not None:
+                ready.synchronize()
+            self.image_hists[rows] = host.numpy().astype(np.uint16)
+            self._arriving.pop(0)
+
     def _gather(self) -> None:
+        if self._arriving:
+            self._take_images(wait=True)
         for true_hist, false_hist, num_outside in self._device_hists.values():
             if int(num_outside):
                 raise ValueError("normalised score maps must lie in [0, 1]")
@@ -163,9 +207,12 @@ class MaskEvaluator(LocalizationEvaluator):
 
     def state(self) -> dict[str, np.ndarray]:
         self._gather()
-        return {"num_images": np.array(self._num_images, np.int64),
-                "gt_true_score_hist": self.gt_true_score_hist.copy(),
-                "gt_false_score_hist": self.gt_false_score_hist.copy()}
+        state = {"num_images": np.array(self._num_images, np.int64),
+                 "gt_true_score_hist": self.gt_true_score_hist.copy(),
+                 "gt_false_score_hist": self.gt_false_score_hist.copy()}
+        if self.image_hists is not None:
+            state["image_hists"] = self.image_hists.copy()
+        return state
 
     def load_state(self, state: dict) -> None:
         self._gather()
@@ -177,6 +224,28 @@ class MaskEvaluator(LocalizationEvaluator):
         self.gt_true_score_hist = np.asarray(state["gt_true_score_hist"], np.int64).copy()
         self.gt_false_score_hist = np.asarray(state["gt_false_score_hist"], np.int64).copy()
         self._num_images = int(state["num_images"])
+        if self.image_hists is not None:
+            self.image_hists = np.asarray(state["image_hists"]).astype(np.uint16)
+
+    def bootstrap_samples(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """PxAP of each resample (``weights``: ``[R, images]``), from the
+        images' own histograms, as :meth:`compute` computes it."""
+        self._gather()
+        if self.image_hists is None:
+            raise RuntimeError("per-image results were not kept: per_image=True")
+        hists = np.zeros((weights.shape[0], 2 * self.num_bins), np.float64)
+        flat = self.image_hists.reshape(len(self.image_hists), -1)
+        for start in range(0, len(flat), 2048):  # float64: pixel counts exceed 2**24
+            hists += weights[:, start:start + 2048].astype(np.float64) @ \
+                flat[start:start + 2048].astype(np.float64)
+        false, true = hists[:, :self.num_bins], hists[:, self.num_bins:]
+        tp = true[:, ::-1].cumsum(1)
+        fp = false[:, ::-1].cumsum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision = tp / (tp + fp)
+            recall = tp / true.sum(1, keepdims=True)
+        terms = np.where((tp + fp)[:, 1:] != 0, precision[:, 1:] * np.diff(recall, axis=1), 0.0)
+        return {"PxAP": 100.0 * terms.sum(1)}
 
     def _precision_recall(self):
         """tp, fn, fp by decreasing threshold, exactly as wsolevaluation."""

@@ -73,7 +73,7 @@ class SegmentationEvaluator(Evaluator):
     """
 
     def __init__(self, metadata: dict, dataset_name: str, split: str, mask_root: str,
-                 num_classes: int, threshold: float = 0.21):
+                 num_classes: int, threshold: float = 0.21, per_image: bool = False):
         self.metadata = metadata
         self.dataset_name = dataset_name
         self.split = split
@@ -87,17 +87,23 @@ class SegmentationEvaluator(Evaluator):
             raise MetadataError(f"{metadata['segmentation']}: no mask for {len(missing)} "
                                 f"image id(s) of image_ids.txt, first: {missing[0]!r}")
         self._thresholds: np.ndarray | None = None
+        # Each image's confusion at the fixed threshold (per_image: for the bootstrap).
+        self._index = ({image_id: i for i, image_id in enumerate(self.image_ids)}
+                       if per_image else {})
         self.reset()
 
     @classmethod
     def for_run(cls, context: EvalContext) -> "SegmentationEvaluator":
         return cls(context.metadata, context.dataset.name, context.split, context.mask_folder,
-                   context.num_classes, context.seed_threshold)
+                   context.num_classes, context.seed_threshold, context.bootstrap > 0)
 
     # -- the evaluator protocol (wsol.metrics.base) -------------------------------
     def reset(self) -> None:
         self._counts: np.ndarray | None = None  # [T + 1, C + 1, C + 1]
         self.num_images = 0
+        n = self.num_classes + 1
+        self.image_confusions = (np.zeros((len(self._index), n, n), np.int32)
+                                 if self._index else None)
 
     def process(self, batch: SeedBatch) -> None:
         self.accumulate(batch.maps, batch.keys, batch.image_id)
@@ -148,6 +154,11 @@ class SegmentationEvaluator(Evaluator):
         n = self.num_classes + 1
         index = (beaten[valid] * n + truth) * n + predicted[valid]
         counts = np.bincount(index, minlength=(len(thresholds) + 1) * n * n)
+        if self.image_confusions is not None:  # a pixel beats the fixed t: its class
+            fixed = int(np.flatnonzero(thresholds == thresholds.dtype.type(self.threshold))[0])
+            seeds = np.where(beaten[valid] > fixed, predicted[valid], 0)
+            self.image_confusions[self._index[image_id]] = np.bincount(
+                truth * n + seeds, minlength=n * n).reshape(n, n)
         if self._counts is None:
             self._counts = self._zero()
         self._counts += counts.reshape(-1, n, n)
@@ -185,7 +196,25 @@ class SegmentationEvaluator(Evaluator):
 
     def state(self) -> dict[str, np.ndarray]:
         counts = self._counts if self._counts is not None else self._zero()
-        return {"counts": counts.copy(), "num_images": np.asarray(self.num_images, np.int64)}
+        state = {"counts": counts.copy(), "num_images": np.asarray(self.num_images, np.int64)}
+        if self.image_confusions is not None:
+            state["image_confusions"] = self.image_confusions.copy()
+        return state
+
+    def bootstrap_samples(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """Seed mIoU at the fixed threshold of each resample (``weights``:
+        ``[R, images]``); the sweep's best is chosen on the ground truth and has
+        no interval."""
+        if self.image_confusions is None:
+            raise RuntimeError("per-image results were not kept: per_image=True")
+        n = self.num_classes + 1
+        confusion = (weights.astype(np.float64) @ self.image_confusions.reshape(
+            len(self.image_confusions), -1).astype(np.float64)).reshape(-1, n, n)
+        diagonal = np.diagonal(confusion, axis1=1, axis2=2)
+        union = confusion.sum(1) + confusion.sum(2) - diagonal
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = diagonal / union
+            return {"mIoU": 100.0 * np.nanmean(iou, axis=1)}
 
     def load_state(self, state: dict) -> None:
         counts = np.asarray(state["counts"], np.int64)
@@ -194,6 +223,8 @@ class SegmentationEvaluator(Evaluator):
                              f"{self._zero().shape}")
         self._counts = counts.copy()
         self.num_images = int(np.asarray(state["num_images"]))
+        if self.image_confusions is not None:
+            self.image_confusions = np.asarray(state["image_confusions"]).astype(np.int32)
 
 
 

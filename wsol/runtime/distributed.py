@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
@@ -86,5 +87,12 @@ def reduce_state(state: dict, ctx: DistContext, device: torch.device) -> dict:
     ``device`` for the reduction; the returned ones on the CPU)."""
     if not ctx.enabled:
         return state
-    return {key: all_reduce_sum(torch.as_tensor(value).to(device), ctx).cpu()
-            for key, value in state.items()}
+    reduced = {}
+    for key, value in state.items():
+        array = np.asarray(value) if not isinstance(value, torch.Tensor) else None
+        # Backends sum few unsigned types: uint16 (per-image histograms) as int32.
+        wide = array is not None and array.dtype == np.uint16
+        tensor = torch.as_tensor(array.astype(np.int32) if wide else value).to(device)
+        total = all_reduce_sum(tensor, ctx).cpu()
+        reduced[key] = total.numpy().astype(np.uint16) if wide else total
+    return reduced
