@@ -40,8 +40,10 @@ from wsol.runtime.checkpoint import (RECOGNISED, CheckpointError, check_settings
                                      peek_checkpoint, recorded_settings)
 from wsol.runtime.experiment import checkpoint_path
 from wsol.seeds import SEED_RESIZES
+from wsol.wsol_methods import NOT_BUILT, WSOL_METHODS
 from wsol.settings import (CAMSettings, DataSettings, EvalSettings, ModelSettings,
-                           OptimSettings, RunSettings, RuntimeSettings, read_run_settings)
+                           OptimSettings, RunSettings, RuntimeSettings, WSOLSettings,
+                           read_run_settings)
 
 __all__ = ["DATASET_NUM_CLASSES", "SEGMENTATION_DATASETS", "BOX_DATASETS", "MASK_DATASETS",
            "GROUPS", "ConfigError", "str2bool", "add_flags", "build_parser", "given_flags",
@@ -78,6 +80,7 @@ def _default_workers() -> int:
 # The flags, declared once
 # ---------------------------------------------------------------------------
 _RECAM = "ReCAM and segmentation seeds"
+_WSOL = "WSOL methods"
 # Group titles (in --help's order) and descriptions.
 GROUPS: dict[str, str | None] = {
     "experiment": None, "data": None, "model": None, "training": None,
@@ -85,7 +88,10 @@ GROUPS: dict[str, str | None] = {
     "evaluation": None,
     _RECAM: "class re-activation (Chen et al., CVPR 2022; docs/method.md) and the seed mIoU "
             "of VOC2012 / SYNTH_ML",
-    "compatibility": "flags of the method's public code that this toolkit accepts as they are "
+    _WSOL: "wsolevaluation's training methods (Choe et al., CVPR 2020), with its flags' "
+           "names and defaults (docs/method.md)",
+    "compatibility": "flags of the public code (wsolevaluation, beyond-softmax, Dual-CAM) "
+                     "accepted with their meaning there, or refused with what to use here "
                      "(also --log_root for --root, --epoch for --epochs, --methods for "
                      "--method)",
 }
@@ -268,6 +274,11 @@ _flag("evaluation", "--cam_curve_interval", type=float, default=0.001,
 _flag("evaluation", "--multi_contour_eval", type=str2bool, nargs="?", const=True, default=True,
       help="TRUE: the table's box metric is MaxBoxAccV2 (all contours); FALSE: "
            "MaxBoxAcc (the largest contour, IoU 50); both are in the results JSON")
+_flag("evaluation", "--box_v2_metric", type=str2bool, nargs="?", const=True, default=True,
+      help="wsolevaluation's switch: FALSE scores MaxBoxAcc (V1): the largest contour "
+           "and IoU 50 only (it sets --multi_contour_eval FALSE --multi_iou_eval FALSE)")
+_flag("evaluation", "--multi_iou_eval", type=str2bool, nargs="?", const=True, default=True,
+      help="FALSE: box accuracy at IoU 50 only (wsolevaluation's meaning)")
 _flag("evaluation", "--iou_threshold_list", type=int, nargs="+", default=[30, 50, 70],
       help="IoU thresholds (percent) MaxBoxAccV2 averages over")
 _flag("evaluation", "--box_threads", type=int, default=0,
@@ -307,6 +318,10 @@ _flag("evaluation", "--fidelity_protocol", default="softmax_head",
 _flag("evaluation", "--fidelity_steps", type=int, default=0, metavar="N",
       help="with --fidelity: also insertion/deletion AUC in N steps (costs "
            "2(N+1) forwards per image, method and branch)")
+_flag("evaluation", "--fidelity_road", action="store_true",
+      help="with --fidelity: also ROAD (pytorch-grad-cam's remove-and-debias: MoRF, LeRF and "
+           "(LeRF - MoRF) / 2 over the percentiles 10..90; 18 imputations and forwards per "
+           "image, method and branch)")
 _flag("evaluation", "--scorecam_batch_size", type=int, default=32,
       help="scorecam: masked images per forward")
 _flag("evaluation", "--scorecam_topk", type=int, default=None,
@@ -316,6 +331,10 @@ _flag("evaluation", "--smooth_samples", type=int, default=8,
       help="smoothgradcam++: noisy copies of each image")
 _flag("evaluation", "--smooth_sigma", type=float, default=0.15,
       help="smoothgradcam++: noise std relative to each image's value range")
+_flag("evaluation", "--cam_option", action="append", default=[], metavar="METHOD.SETTING=VALUE",
+      help="a CAM method's setting (repeatable), e.g. sscam.samples=10, "
+           "refinecam.layers=layer2+layer3+layer4, ablationcam.batch_size=64; "
+           "docs/method.md lists them")
 
 # -- ReCAM and segmentation seeds ----------------------------------------------------
 _flag(_RECAM, "--recam", action="store_true",
@@ -368,10 +387,55 @@ _flag(_RECAM, "--seed_threshold", type=float, default=0.21,
            "in steps of 0.01 is reported beside it")
 
 
+# -- wsolevaluation's WSOL methods -----------------------------------------------------
+_flag(_WSOL, "--wsol_method", default="cam", choices=WSOL_METHODS,
+      help="cam: plain training; has: Hide-and-Seek; cutmix: CutMix (both train the CAM "
+           "network, with or without the sigmoid branch); acol, spg, adl: their networks "
+           "are not built yet")
+_flag(_WSOL, "--has_grid_size", type=int, default=4,
+      help="Hide-and-Seek: the side of a hidden cell in pixels (wsolevaluation's meaning)")
+_flag(_WSOL, "--has_drop_rate", type=float, default=0.5,
+      help="Hide-and-Seek: the probability that a cell is hidden")
+_flag(_WSOL, "--acol_threshold", type=float, default=0.7, help="ACoL's erasing threshold")
+for _spg, _default in zip(("1h", "1l", "2h", "2l", "3h", "3l"),
+                          (0.7, 0.01, 0.5, 0.05, 0.7, 0.1)):
+    _flag(_WSOL, f"--spg_threshold_{_spg}", type=float, default=_default,
+          help=f"SPG's threshold {_spg}")
+_flag(_WSOL, "--adl_drop_rate", type=float, default=0.75, help="ADL's drop rate")
+_flag(_WSOL, "--adl_threshold", type=float, default=0.9, help="ADL's threshold")
+_flag(_WSOL, "--cutmix_beta", type=float, default=1.0,
+      help="CutMix: the mixing ratio is drawn from Beta(beta, beta); 0 turns CutMix off")
+_flag(_WSOL, "--cutmix_prob", type=float, default=1.0,
+      help="CutMix: the probability that a batch is mixed")
+
 # -- compatibility -------------------------------------------------------------------
-_flag("compatibility", "--wsol_method", default="cam", choices=("cam",),
-      help="wsolevaluation's WSOL training method; only plain CAM training exists "
-           "here")
+# Flags of the public config.py files that name something this toolkit does
+# another way: accepted with their meaning, or refused with the fix (_public_code_flags).
+_flag("compatibility", "--train_only", action="store_true",
+      help="refused: it is --skip_eval here")
+_flag("compatibility", "--wandb_dir", default=None,
+      help="refused: set the WANDB_DIR environment variable (wandb reads it)")
+_flag("compatibility", "--last_layer", default="fc", choices=("fc", "conv"),
+      help="Dual-CAM's head: fc (the linear head, as here); conv is refused")
+_flag("compatibility", "--init_weight", default=None,
+      help="Dual-CAM's flag; no effect (it reads every value as true, and networks "
+           "here are always initialised before any weights are loaded)")
+_flag("compatibility", "--debug", action="store_true",
+      help="log at DEBUG level (Dual-CAM's debug prints)")
+_flag("compatibility", "--c1", default="cross_entropy",
+      choices=("cross_entropy", "binary_cross_entropy"),
+      help="Dual-CAM: the softmax head's loss; only cross_entropy is built")
+_flag("compatibility", "--c2", default="binary_cross_entropy",
+      choices=("cross_entropy", "binary_cross_entropy"),
+      help="Dual-CAM: the sigmoid branch's loss; only binary_cross_entropy (class-balanced) "
+           "is built")
+_flag("compatibility", "--t1", action="store_true",
+      help="refused: Dual-CAM's clamp of the softmax branch's maps (never clamped here)")
+_flag("compatibility", "--t2", action="store_true",
+      help="Dual-CAM's clamp of the sigmoid branch's weights: always on here "
+           "(--no_clamp turns it off)")
+_flag("compatibility", "--alpha", type=float, default=None,
+      help="Dual-CAM's Finer-CAM alpha: the same as --cam_option finercam.alpha=VALUE")
 
 
 # ---------------------------------------------------------------------------
@@ -442,7 +506,8 @@ _FLAG_SCORES = {
     **dict.fromkeys(("iou_threshold_list", "loc_threshold", "multi_contour_eval",
                      "first_box_only", "box_threads"), ("boxes",)),
     **dict.fromkeys(("cam_curve_interval", "threshold_list", "map_style", "fidelity",
-                     "fidelity_steps", "fidelity_protocol", "save_overlays", "plots"),
+                     "fidelity_steps", "fidelity_road", "fidelity_protocol", "save_overlays",
+                     "plots"),
                     ("boxes", "masks")),
     **dict.fromkeys(("tta_scales", "seed_threshold", "seed_resize"), ("seeds",)),
 }
@@ -498,9 +563,11 @@ def build_settings(args: argparse.Namespace, given: set[str] | None = None,
         name, message = values["architecture"], str(error)
         raise ConfigError(f"--architecture {message}" if message.startswith(name)
                           else f"--architecture {name}: {message}") from None
-    _check_flags_apply(dataset, given)
+    _check_flags_apply(dataset, given, values, notes)
+    _public_code_flags(values, given, notes)
     settings = RunSettings(
         data=_data(values, dataset), model=_model(values), optim=_optim(values, given),
+        wsol=_wsol(values),
         cams=_cams(values, methods, given), evaluation=_evaluation(values, dataset),
         runtime=_runtime(values), choices=choices, replay=values["replay"],
         argv=("main.py", *argv), notes=tuple(notes))
@@ -512,12 +579,13 @@ def build_settings(args: argparse.Namespace, given: set[str] | None = None,
 
 # On --resume the sections that define the training continue as config.json
 # records them, but for these fields of theirs (how the data is loaded).
-_RESUMED = {"model": (), "optim": (), "choices": (),
+_RESUMED = {"model": (), "optim": (), "wsol": (), "choices": (),
             "data": ("workers", "prefetch_factor", "decode_on_device")}
 # Fields a --resume may change explicitly: more epochs continue the same schedule.
 _MAY_CHANGE = {("optim", "epochs")}
 # Settings fields whose flags have other names (or are several flags).
 _FIELD_FLAGS = {("model", "network"): ("architecture", "network_type", "method"),
+                ("wsol", "method"): ("wsol_method",),
                 ("model", "unfreeze"): ("unfreeze_layer",),
                 ("model", "pretrained"): ("pretrained", "pretrained_path"),
                 ("optim", "batch_size"): ("batch_size", "global_batch_size"),
@@ -610,6 +678,83 @@ def _optim(v: dict, given: set[str]) -> OptimSettings:
         recam_weight=v["recam_weight"])
 
 
+# Flags of the public code refused here, with what to use instead.
+_REFUSED = {"train_only": "--train_only is --skip_eval here (train now, score later with "
+                          "--eval_only)",
+            "wandb_dir": "--wandb_dir: set the WANDB_DIR environment variable instead "
+                         "(wandb reads it)",
+            "t1": "--t1 clamps the softmax branch's maps; they are never clamped here (the "
+                  "method, docs/method.md): drop the flag"}
+# A WSOL method's own flags.
+_WSOL_FLAGS = {"has": ("has_grid_size", "has_drop_rate"), "acol": ("acol_threshold",),
+               "spg": tuple(f"spg_threshold_{k}" for k in ("1h", "1l", "2h", "2l", "3h", "3l")),
+               "adl": ("adl_drop_rate", "adl_threshold"),
+               "cutmix": ("cutmix_beta", "cutmix_prob")}
+
+
+def _public_code_flags(v: dict, given: set[str], notes: list[str]) -> None:
+    """The flags of wsolevaluation's, beyond-softmax's and Dual-CAM's config.py
+    that mean something else here: their meaning, a refusal naming what to
+    use, or a note (docs/reproducing.md)."""
+    for dest, message in _REFUSED.items():
+        if dest in given:
+            raise ConfigError(message)
+    if v["last_layer"] != "fc":
+        raise ConfigError("--last_layer conv: Dual-CAM's convolutional head is not built "
+                          "here; the linear head (--last_layer fc) is")
+    if v["c1"] != "cross_entropy" or v["c2"] != "binary_cross_entropy":
+        raise ConfigError(f"--c1 {v['c1']} --c2 {v['c2']}: the softmax head trains with "
+                          f"cross_entropy and the sigmoid branch with (class-balanced) "
+                          f"binary_cross_entropy here; other pairs are not built")
+    if "init_weight" in given:
+        notes.append("--init_weight has no effect: Dual-CAM reads every value of it as true, "
+                     "and networks here are always initialised before weights are loaded")
+    if v["alpha"] is not None:
+        option = f"finercam.alpha={v['alpha']}"
+        if not any(o.replace(" ", "").startswith("finercam.alpha=") for o in v["cam_option"]):
+            v["cam_option"] = [*v["cam_option"], option]
+        if "finercam" not in _names(v["method"]) and "all" not in _names(v["method"]):
+            notes.append(f"--alpha is Finer-CAM's ({option}); finercam is not among "
+                         f"--method {v['method']}")
+    method = v["wsol_method"]
+    if method in NOT_BUILT:
+        raise ConfigError(f"--wsol_method {method}: its network is not built here yet; "
+                          f"cam, has and cutmix are")
+    if method == "cutmix" and v["recam"]:
+        raise ConfigError("--wsol_method cutmix with --recam: ReCAM's loss takes one label "
+                          "set per image; use --wsol_method cam or has")
+    for other, flags in _WSOL_FLAGS.items():
+        stray = [f"--{f}" for f in flags if f in given]
+        if stray and other != method:
+            notes.append(f"{', '.join(stray)} applies to --wsol_method {other}; this run "
+                         f"trains with --wsol_method {method}")
+    if not 0 <= v["has_drop_rate"] <= 1 or v["has_grid_size"] < 0:
+        raise ConfigError(f"--has_drop_rate is a probability in [0, 1] and --has_grid_size a "
+                          f"side in pixels >= 0, got {v['has_drop_rate']} and "
+                          f"{v['has_grid_size']}")
+    if not 0 <= v["cutmix_prob"] <= 1 or v["cutmix_beta"] < 0:
+        raise ConfigError(f"--cutmix_prob is a probability in [0, 1] and --cutmix_beta >= 0, "
+                          f"got {v['cutmix_prob']} and {v['cutmix_beta']}")
+    # wsolevaluation: --box_v2_metric FALSE scores MaxBoxAcc (V1), which turns off
+    # both multi-contour boxes and the IoU average.
+    if not v["box_v2_metric"]:
+        if "multi_contour_eval" in given and v["multi_contour_eval"]:
+            raise ConfigError("--box_v2_metric FALSE scores MaxBoxAcc (the largest contour); "
+                              "it contradicts --multi_contour_eval TRUE: drop one of them")
+        v["multi_contour_eval"], v["multi_iou_eval"] = False, False
+    if not v["multi_iou_eval"]:
+        if "iou_threshold_list" in given and list(v["iou_threshold_list"]) != [50]:
+            raise ConfigError(f"--multi_iou_eval FALSE scores IoU 50 only; it contradicts "
+                              f"--iou_threshold_list {' '.join(map(str, v['iou_threshold_list']))}"
+                              f": drop one of them")
+        v["iou_threshold_list"] = [50]
+
+
+def _wsol(v: dict) -> WSOLSettings:
+    return WSOLSettings(method=v["wsol_method"], **{
+        f.name: v[f.name] for f in dataclasses.fields(WSOLSettings) if f.name != "method"})
+
+
 def _cams(v: dict, methods: tuple[str, ...], given: set[str]) -> CAMSettings:
     if v["cam_branch"] is None:
         branches = ("sigmoid",) if v["model_structure"] == "b2" else ("softmax",)
@@ -619,16 +764,19 @@ def _cams(v: dict, methods: tuple[str, ...], given: set[str]) -> CAMSettings:
             if branch not in ("softmax", "sigmoid", "recam"):
                 raise ConfigError(f"--cam_branch {branch!r}: use softmax, sigmoid or recam, or "
                                   f"several comma-separated (softmax,sigmoid,recam)")
-    cams = CAMSettings(methods=methods, defaulted="method" not in given,
+    # Left at the default or 'all': the methods the model cannot give are dropped, with a note.
+    cams = CAMSettings(methods=methods,
+                       defaulted="method" not in given or "all" in _names(v["method"]),
                        branches=tuple(dict.fromkeys(branches)),
                        clamp=not v["no_clamp"], smooth_samples=v["smooth_samples"],
                        smooth_sigma=v["smooth_sigma"],
                        scorecam_batch_size=v["scorecam_batch_size"],
-                       scorecam_topk=v["scorecam_topk"])
+                       scorecam_topk=v["scorecam_topk"],
+                       method_options=tuple(v["cam_option"]))
     try:
         cams.instances()  # their settings' checks, before any work
     except ValueError as error:
-        raise ConfigError(f"--smooth_samples / --scorecam_*: {error}") from None
+        raise ConfigError(f"--cam_option / --smooth_samples / --scorecam_*: {error}") from None
     return cams
 
 
@@ -649,7 +797,7 @@ def _evaluation(v: dict, dataset) -> EvalSettings:
         iou_threshold_list=tuple(v["iou_threshold_list"]),
         multi_contour_eval=v["multi_contour_eval"], loc_threshold=v["loc_threshold"],
         box_threads=v["box_threads"], fidelity=v["fidelity"],
-        fidelity_steps=v["fidelity_steps"], tta_scales=tta,
+        fidelity_steps=v["fidelity_steps"], fidelity_road=v["fidelity_road"], tta_scales=tta,
         seed_threshold=v["seed_threshold"], bootstrap=v["bootstrap"],
         save_scoremaps=v["save_scoremaps"],
         save_overlays=v["save_overlays"], plots=v["plots"])
@@ -664,7 +812,7 @@ def _runtime(v: dict) -> RuntimeSettings:
         gpus=v["gpus"], dist_timeout=v["dist_timeout"], amp=v["amp"],
         channels_last=v["channels_last"], compile=v["compile"],
         wandb="online" if v["wandb"] == "on" else v["wandb"], wandb_name=v["wandb_name"],
-        project=v["project"])
+        project=v["project"], debug=v["debug"])
 
 
 def _check(s: RunSettings) -> None:
@@ -690,6 +838,8 @@ def _check(s: RunSettings) -> None:
     check_scoring(dataclasses.asdict(s.evaluation))
     if s.evaluation.fidelity_steps and not s.evaluation.fidelity:
         raise ConfigError("--fidelity_steps N goes with --fidelity")
+    if s.evaluation.fidelity_road and not s.evaluation.fidelity:
+        raise ConfigError("--fidelity_road goes with --fidelity: add --fidelity")
 
 
 def check_scoring(values: dict[str, Any]) -> None:
@@ -709,12 +859,20 @@ def check_scoring(values: dict[str, Any]) -> None:
                               f"maximum), got {values[name]}")
 
 
-def _check_flags_apply(dataset, given: set[str]) -> None:
+def _check_flags_apply(dataset, given: set[str], values: dict | None = None,
+                       notes: list[str] | None = None) -> None:
     """A flag given for a dataset whose maps it does not score is an error
-    (it would be silently ignored)."""
+    (it would be silently ignored) -- or, given at its default value (as
+    wsolevaluation's published OpenImages command gives --iou_threshold_list
+    30 50 70), a note: the command means what it meant there."""
     for dest in sorted(given & set(_FLAG_SCORES)):
         if not set(_FLAG_SCORES[dest]) & set(dataset.scores):
             scored = " and ".join(_SCORE_WORDS[s] for s in dataset.scores)
+            if values is not None and notes is not None and \
+                    values.get(dest) == _FLAGS[dest][2].get("default"):
+                notes.append(f"--{dest} does not apply to {dataset.name}, whose maps are "
+                             f"scored as {scored}; given at its default, it changes nothing")
+                continue
             raise ConfigError(f"--{dest} does not apply to {dataset.name}, whose maps are "
                               f"scored as {scored}: drop it")
 
@@ -724,6 +882,7 @@ def _adopt_recorded_settings(values: dict, given: set[str], log_folder: str,
     """--eval_only: the model is rebuilt as the checkpoint (and its experiment's
     config.json) record it; an explicit flag that contradicts them is an error
     naming both, a default is replaced silently (it was never the user's)."""
+    _adopt_recorded_wsol_method(values, given, log_folder)
     path = checkpoint_path(log_folder, values["eval_checkpoint_type"])
     if not os.path.isfile(path):
         return  # reported when the checkpoint is loaded
@@ -750,6 +909,20 @@ def _adopt_recorded_settings(values: dict, given: set[str], log_folder: str,
         values["architecture"] = network_for(values["network"], "cam")
     if RECOGNISED in recorded:
         notes.append(recorded[RECOGNISED])
+
+
+def _adopt_recorded_wsol_method(values: dict, given: set[str], log_folder: str) -> None:
+    """--eval_only: the results name the WSOL method the experiment was trained
+    with (its config.json), not the flag's default."""
+    recorded = read_run_settings(log_folder)
+    if recorded is None:
+        return
+    method = recorded.wsol.method
+    if "wsol_method" in given and values["wsol_method"] != method:
+        raise ConfigError(f"--wsol_method {values['wsol_method']}: "
+                          f"{os.path.join(log_folder, 'config.json')} records that the "
+                          f"experiment was trained with --wsol_method {method}; drop the flag")
+    values["wsol_method"] = method
 
 
 def _recognise_start_checkpoint(values: dict, notes: list[str]) -> None:

@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from config import add_flags, check_scoring, given_flags
+from wsol.baselines import CENTER, score_center_baseline
 from wsol.cams import CAM_METHODS
 from wsol.data.datasets import DATASETS
 from wsol.data.metadata import (GroundTruth, MetadataError, configure_metadata,
@@ -168,9 +169,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=("auto", "box", "mask", "both"), default="auto",
                    help="what the maps are scored with: auto is the dataset's own (SYNTH: "
                         "boxes and masks)")
+    p.add_argument("--method", choices=(CENTER,), default=None,
+                   help="center: score wsolevaluation's center baseline (one fixed map "
+                        "peaked at the image centre; no model, no saved maps)")
     p.add_argument("--output_json", default=None,
                    help="write the results (rows as in results_<split>.json) here")
     return p
+
+
+def _scoring_context(args: argparse.Namespace, used: dict) -> EvalContext:
+    """The evaluators' context of the command's split, scored with ``used``."""
+    return _context(
+        args.metadata_root, args.mask_root, args.dataset_name, args.split, args.metric,
+        thresholds=make_threshold_list(used["cam_curve_interval"], used["threshold_list"]),
+        iou_threshold_list=used["iou_threshold_list"],
+        multi_contour_eval=used["multi_contour_eval"], loc_threshold=used["loc_threshold"],
+        first_box_only=used["first_box_only"], box_threads=args.box_threads,
+        seed_threshold=used["seed_threshold"], bootstrap=args.bootstrap, seed=args.seed)
 
 
 def run(args: argparse.Namespace, explicit: set[str] = frozenset()) -> dict:
@@ -178,6 +193,8 @@ def run(args: argparse.Namespace, explicit: set[str] = frozenset()) -> dict:
     (they must agree with the run's record, which replaces the defaults)."""
     if args.box_threads < 0:
         raise UserError(f"--box_threads must be >= 0 (0: one per core), got {args.box_threads}")
+    if args.method == CENTER:
+        return run_center_baseline(args)
     root = args.scoremap_root or os.path.join(args.root, args.experiment_name, "scoremaps",
                                               args.split)
     if not os.path.isdir(root):
@@ -188,13 +205,7 @@ def run(args: argparse.Namespace, explicit: set[str] = frozenset()) -> dict:
     check_scoring(used)
     segmentation = DATASETS[args.dataset_name].multi_label
     keys = ("seed_threshold",) if segmentation else SCORED_SETTINGS[:-1]
-    context = _context(
-        args.metadata_root, args.mask_root, args.dataset_name, args.split, args.metric,
-        thresholds=make_threshold_list(used["cam_curve_interval"], used["threshold_list"]),
-        iou_threshold_list=used["iou_threshold_list"],
-        multi_contour_eval=used["multi_contour_eval"], loc_threshold=used["loc_threshold"],
-        first_box_only=used["first_box_only"], box_threads=args.box_threads,
-        seed_threshold=used["seed_threshold"], bootstrap=args.bootstrap, seed=args.seed)
+    context = _scoring_context(args, used)
     folders = pair_folders(root, CAM_METHODS)
     evaluators = EvaluatorSet(METRICS, context, list(folders),
                               record.clamp_rules if record is not None else None)
@@ -216,6 +227,29 @@ def run(args: argparse.Namespace, explicit: set[str] = frozenset()) -> dict:
             "box_column": "MaxBoxAccV2" if used["multi_contour_eval"] else "MaxBoxAcc"}
 
 
+def run_center_baseline(args: argparse.Namespace) -> dict:
+    """wsolevaluation's center baseline on the split (wsol.baselines), with the
+    flags' scoring settings."""
+    if args.scoremap_root:
+        raise UserError("--method center scores a fixed map, not saved maps: drop "
+                        "--scoremap_root")
+    if DATASETS[args.dataset_name].multi_label:
+        raise UserError(f"--method center scores boxes and masks; {args.dataset_name}'s seed "
+                        f"mIoU needs a map per class")
+    used = {k: vars(args)[k] for k in SCORED_SETTINGS}
+    check_scoring(used)
+    context = _scoring_context(args, used)
+    evaluators = EvaluatorSet(METRICS, context, [(CENTER, "-")])
+    found = score_center_baseline(evaluators, context.ground_truth.image_ids)
+    for row in found["rows"]:  # no classifier
+        row.update({k: None for k in row if k.startswith("Top-1 Loc")})
+    keys = SCORED_SETTINGS[:-1]
+    return {"classification": {"Top-1 Cls": None}, **found, "scoremap_root": None,
+            "settings": {k: used[k] for k in keys},
+            "settings_note": describe_settings(used, keys, None, maps=False),
+            "box_column": "MaxBoxAccV2" if used["multi_contour_eval"] else "MaxBoxAcc"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -227,7 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(format_results(results, results["box_column"]))
     print(results["settings_note"])
-    if results["classification"]["Top-1 Cls"] is None and \
+    if args.method == CENTER:
+        print("(the center baseline has no classifier: Top-1 Cls and Top-1 Loc do not apply)")
+    elif results["classification"]["Top-1 Cls"] is None and \
             not DATASETS[args.dataset_name].multi_label:
         print(f"(Top-1 Cls and Top-1 Loc need the classifier's predictions, which main.py "
               f"--save_scoremaps writes to {SCOREMAP_RECORD} beside the maps; this folder has "

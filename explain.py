@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     # main.py's flags (config.py); what the checkpoint records fills those left out.
     recorded = "what the checkpoint records, else {}"
     add_flags(p, ("method", "loc_threshold", "no_clamp", "smooth_samples", "smooth_sigma",
-                  "scorecam_batch_size", "scorecam_topk", "architecture", "num_classes",
-                  "large_feature_map", "crop_size", "dataset_name", "gpus"),
+                  "scorecam_batch_size", "scorecam_topk", "cam_option", "architecture",
+                  "num_classes", "large_feature_map", "crop_size", "dataset_name", "gpus"),
               method={"default": "cam"},
               loc_threshold={"help": "CAM threshold of the drawn box (as GT-known Loc)"},
               architecture={"default": None, "help": "the network, for a checkpoint that "
@@ -229,7 +229,8 @@ def _run(args) -> int:
         cams = CAMSettings(methods=tuple(parse_methods(args.method)),
                            smooth_samples=args.smooth_samples, smooth_sigma=args.smooth_sigma,
                            scorecam_batch_size=args.scorecam_batch_size,
-                           scorecam_topk=args.scorecam_topk)
+                           scorecam_topk=args.scorecam_topk,
+                           method_options=tuple(args.cam_option))
         methods = cams.instances()
     except ValueError as error:
         raise UserError(str(error)) from None

@@ -164,9 +164,12 @@ def print_choices() -> None:
     for name, spec in ARCHITECTURES.items():
         print(f"  {name:22s} {spec.description}")
     print("  timm:<model name>      any timm model (pip install timm)")
-    print("CAM methods (--method, comma-separated, or all):")
+    print("CAM methods (--method, comma-separated, or all; settings: --cam_option "
+          "METHOD.SETTING=VALUE):")
     for name, method in CAM_METHODS.items():
-        print(f"  {name:22s} {(type(method).__doc__ or '').splitlines()[0]}")
+        settings = ", ".join(f"{k}={v}" for k, v in method.settings().items())
+        print(f"  {name:22s} {(type(method).__doc__ or '').splitlines()[0]}"
+              + (f" [{settings}]" if settings else ""))
     print("datasets (--dataset_name):")
     for name, classes in config.DATASET_NUM_CLASSES.items():
         print(f"  {name:22s} {classes} classes")

@@ -209,7 +209,9 @@ def protocol_of(results: dict) -> str:
     choices = results.get("choices") or {}
     changed = [f"{k} {v}" for k, v in sorted(choices.items())
                if k in base and k != "seed" and v != base[k]]
-    return ", ".join(([] if replay == "none" else [f"replay {replay}"]) + changed)
+    wsol = results.get("wsol_method") or "cam"  # another training method: another row
+    return ", ".join(([] if replay == "none" else [f"replay {replay}"]) + changed +
+                     ([] if wsol == "cam" else [f"wsol_method {wsol}"]))
 
 
 def find_result_files(paths: Iterable[str], split: str | None) -> list[str]:
@@ -507,6 +509,82 @@ def write_tables(rows: Sequence[TableRow], folder: str, name: str = "results") -
     return md_path, csv_path
 
 
+# wsolevaluation's main table (Choe et al., CVPR 2020; its README): MaxBoxAccV2 on ImageNet and
+# CUB, PxAP on OpenImages, test splits; CAM absolute, the other methods as differences from CAM.
+WSOL_TABLE_BACKBONES = ("vgg16", "inception_v3", "resnet50")
+WSOL_TABLE = {
+    "ILSVRC": {"cam": (60.0, 63.4, 63.7), "has": (+0.6, +0.3, -0.3), "acol": (-2.6, +0.3, -1.4),
+               "spg": (-0.1, -0.1, -0.4), "adl": (-0.2, -2.0, +0.0),
+               "cutmix": (-0.6, +0.5, -0.4), "center": (52.5, 52.5, 52.5)},
+    "CUB": {"cam": (63.7, 56.7, 63.0), "has": (+0.0, -3.3, +1.7), "acol": (-6.3, -0.5, +3.5),
+            "spg": (-7.4, -0.8, -2.6), "adl": (+2.6, +2.1, -4.6), "cutmix": (-1.4, +0.8, -0.2),
+            "center": (59.7, 59.7, 59.7)},
+    "OpenImages": {"cam": (58.3, 63.2, 58.5), "has": (-0.2, -5.1, -2.6),
+                   "acol": (-4.0, -6.0, -1.2), "spg": (+0.0, -0.9, -1.8),
+                   "adl": (+0.4, -6.4, -3.3), "cutmix": (-0.2, -0.7, -0.8),
+                   "center": (45.8, 45.8, 45.8)}}
+
+
+def wsol_published(dataset: str, backbone: str, method: str) -> float | None:
+    """wsolevaluation's published number of a method (CAM's plus its difference)."""
+    table = WSOL_TABLE.get(dataset)
+    if table is None or method not in table or backbone not in WSOL_TABLE_BACKBONES:
+        return None
+    column = WSOL_TABLE_BACKBONES.index(backbone)
+    if method in ("cam", "center"):
+        return table[method][column]
+    return round(table["cam"][column] + table[method][column], 1)
+
+
+def wsol_table(files: Sequence[str]) -> str:
+    """wsolevaluation's main table x {vanilla, + sigmoid branch}: per dataset,
+    backbone and WSOL method, the softmax row's and the sigmoid row's CAM
+    number beside the published one."""
+    cells: dict[tuple, dict] = {}
+    for path in files:
+        try:
+            with open(path) as f:
+                results = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
+            continue
+        dataset = results.get("dataset", "?")
+        metric = "PxAP" if dataset == "OpenImages" else "MaxBoxAccV2"
+        backbone = BACKBONE_OF.get(results.get("architecture"), results.get("architecture"))
+        wsol = results.get("wsol_method") or "cam"
+        for row in results["rows"]:
+            if row.get("method") == "cam" and isinstance(row.get(metric), (int, float)):
+                cell = cells.setdefault((dataset, backbone, wsol), {"metric": metric})
+                cell[row.get("branch")] = row[metric]
+        for pair in results.get("paired") or ():  # the bootstrap's paired difference
+            if (pair.get("metric"), pair.get("a"), pair.get("b")) == (
+                    metric, {"method": "cam", "branch": "sigmoid"},
+                    {"method": "cam", "branch": "softmax"}) and (dataset, backbone, wsol) in cells:
+                cells[(dataset, backbone, wsol)]["paired"] = pair
+    order = ("cam", "has", "acol", "spg", "adl", "cutmix")
+    lines = ["| dataset | backbone | method | metric | published | vanilla (softmax) | "
+             "+ sigmoid branch | difference (95% interval, p) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (dataset, backbone, wsol), cell in sorted(
+            cells.items(), key=lambda kv: (_order(kv[0][0], DATASET_ORDER),
+                                           _order(kv[0][1], BACKBONE_ORDER),
+                                           _order(kv[0][2], order))):
+        vanilla, sigmoid = cell.get("softmax"), cell.get("sigmoid")
+        diff = None if vanilla is None or sigmoid is None else sigmoid - vanilla
+        published = wsol_published(dataset, backbone, wsol)
+        text = "-" if diff is None else f"{diff:+.2f}"
+        pair = cell.get("paired")
+        if diff is not None and pair and pair.get("ci95"):
+            lo, hi = pair["ci95"]
+            p_text = "< 0.001" if pair["p"] < 0.001 else f"{pair['p']:.3f}"
+            text += f" ({lo:+.2f} to {hi:+.2f}, p {p_text})"
+        lines.append(f"| {dataset} | {BACKBONE_NAMES.get(backbone, backbone)} | {wsol} | "
+                     f"{cell['metric']} | {_fmt(published, digits=1)} | {_fmt(vanilla)} | "
+                     f"{_fmt(sigmoid)} | {text} |")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scripts/make_tables.py",
@@ -519,6 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include_references", action="store_true",
                    help="also list the reference rows that no experiment matched")
     p.add_argument("--name", default="results", help="file name stem of the tables")
+    p.add_argument("--wsol_table", action="store_true",
+                   help="also print wsolevaluation's main table x {vanilla, + sigmoid branch} "
+                        "(scripts/run_wsol_methods.sh) beside its published numbers")
     return p
 
 
@@ -536,6 +617,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = add_reference_rows(rows)
     md_path, csv_path = write_tables(rows, args.output, args.name)
     print(to_markdown(rows))
+    if args.wsol_table:
+        print("\n### WSOL methods (wsolevaluation's main table)\n")
+        print(wsol_table(files))
     print(f"wrote {md_path} and {csv_path} ({len(files)} results file(s))")
     return 0
 

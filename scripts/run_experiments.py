@@ -157,12 +157,15 @@ def method_family(method: str) -> str:
 
 
 def experiment_name(dataset: str, backbone: str, family: str | None = None,
-                    network: str | None = None) -> str:
+                    network: str | None = None, wsol_method: str = "cam") -> str:
     """``<dataset>_<backbone>_<family>_b2`` (``<dataset>_<backbone>_b2`` when one
-    fine-tuning serves both families); ``<dataset>_<network>_vanilla``."""
+    fine-tuning serves both families); ``<dataset>_<network>_vanilla``; a WSOL
+    method other than CAM before the last part (``CUB_resnet50_has_vanilla``)."""
+    method = "" if wsol_method == "cam" else f"_{wsol_method}"
     if network is not None:
-        return f"{dataset}_{network}_vanilla"
-    return f"{dataset}_{backbone}_{family}_b2" if family else f"{dataset}_{backbone}_b2"
+        return f"{dataset}_{network}{method}_vanilla"
+    return (f"{dataset}_{backbone}_{family}{method}_b2" if family
+            else f"{dataset}_{backbone}{method}_b2")
 
 
 def _pairs(entries: Sequence[str], flag: str) -> dict[str, str]:
@@ -192,6 +195,7 @@ def torchvision_file(network: str) -> str | None:
 def _common(args, dataset: str, backbone: str, recipe: Recipe) -> list[str]:
     argv = ["--dataset_name", dataset, "--architecture", backbone,
             "--large_feature_map", str(recipe.large_feature_map).upper(),
+            *(["--wsol_method", args.wsol_method] if args.wsol_method != "cam" else []),
             "--data_root", args.data_root, "--metadata_root", args.metadata_root,
             "--root", args.root, "--batch_size", str(args.batch_size),
             "--workers", str(args.workers), "--seed", str(args.seed)]
@@ -254,7 +258,7 @@ def build_plan(args, extra: Sequence[str] = ()) -> list[Step]:
                                           vanilla_paths, pretrained_paths, trained_vanilla,
                                           extra)
         steps += vanilla_steps
-        name = experiment_name(dataset, backbone, family)
+        name = experiment_name(dataset, backbone, family, wsol_method=args.wsol_method)
         common = _common(args, dataset, backbone, recipe)
         lr = args.lr if args.lr is not None else recipe.lr
         note = "lr from --lr" if args.lr is not None else (recipe.note or "published recipe")
@@ -293,15 +297,18 @@ def _vanilla(args, plan: DatasetPlan, backbone: str, family: str, network: str,
         return given, []
     if network in trained:
         return trained[network], []
-    if not (dataset in TRAIN_VANILLA or args.train_vanilla):
+    # A WSOL method other than CAM trains its own vanilla model (none is released here).
+    if not (dataset in TRAIN_VANILLA or args.train_vanilla or args.wsol_method != "cam"):
         if dataset == "ILSVRC" and network == "vgg16_gradcam":
             # The paper's ILSVRC Grad-CAM VGG16 baseline is torchvision's VGG16.
             return pretrained_paths.get(network) or os.path.join(
                 args.pretrained_dir, torchvision_file(network)), []
         return os.path.join(args.vanilla_dir, args.vanilla_pattern.format(
             dataset=dataset, architecture=network)), []
-    recipe = (plan.vanilla or {}).get((backbone, family)) or Recipe(1e-3, note=UNPUBLISHED)
-    name = experiment_name(dataset, backbone, network=network)
+    recipe = (plan.vanilla or {}).get((backbone, family)) or Recipe(
+        1e-3, note=UNPUBLISHED + "lr 1e-3 stands in (wsolevaluation searched each method's lr; "
+                                 "its config.py default is 0.01)")
+    name = experiment_name(dataset, backbone, network=network, wsol_method=args.wsol_method)
     argv = [*_common(args, dataset, backbone, recipe), "--experiment_name", name,
             "--model_structure", "vanilla", "--network_type", family,
             "--epochs", str(plan.vanilla_epochs), "--lr", str(recipe.lr),
@@ -506,6 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where vanilla checkpoints not given by --vanilla are looked for")
     p.add_argument("--vanilla_pattern", default="{dataset}_{architecture}_vanilla.pth.tar",
                    help="their file names inside --vanilla_dir")
+    p.add_argument("--wsol_method", default="cam", choices=("cam", "has", "cutmix"),
+                   help="wsolevaluation's training method of the vanilla model and the "
+                        "fine-tuning (its flags' defaults; docs/method.md); other than cam, "
+                        "the vanilla model is trained unless --vanilla gives it")
     p.add_argument("--train_vanilla", action="store_true",
                    help="train the vanilla models (from --pretrained) instead of using "
                         "released ones; always so for CARS and SYNTH")

@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wsol.architectures import build_architecture
-from wsol.cams import (CAM_METHODS, CAMInputs, CAMOutput, ScoreCAM, SmoothGradCAMPlusPlus,
+from wsol.cams import (CAM_METHODS, ISCAM, SSCAM, AblationCAM, CAMInputs, CAMOutput, ScoreCAM,
+                       SmoothGradCAMPlusPlus,
                        compute_cams, evaluation_maps, gradcampp_weights, parse_methods,
                        verify_cam_model)
 from wsol.model import CAMModel
@@ -84,8 +85,12 @@ def test_parse_methods():
     assert parse_methods(["gradcam", "cam", "gradcam"]) == ["gradcam", "cam"]
     assert parse_methods(" layercam , scorecam ") == ["layercam", "scorecam"]
     assert parse_methods("all") == list(CAM_METHODS)
-    assert set(CAM_METHODS) == {"cam", "gradcam", "gradcam++", "smoothgradcam++", "xgradcam",
-                                "layercam", "scorecam", "hirescam", "eigencam"}
+    # Dual-CAM's 16 --method names (seed 002), then pytorch-grad-cam's and torchcam's others.
+    assert set(CAM_METHODS) == {
+        "gradcam", "fem", "hirescam", "gradcam++", "scorecam", "xgradcam", "ablationcam",
+        "eigencam", "eigengradcam", "layercam", "fullgrad", "gradcamelementwise", "kpcacam",
+        "shapleycam", "finercam", "cam",
+        "smoothgradcam++", "refinecam", "sscam", "iscam", "legrad"}
     with pytest.raises(ValueError, match=r"'gradcamm'.*gradcam\+\+"):
         parse_methods("cam,gradcamm")
     with pytest.raises(ValueError):
@@ -453,8 +458,9 @@ def test_smoothgradcampp_averages_gradient_powers_over_seeded_noise():
             moments[p] += g ** (p + 1) / n
     weights = gradcampp_weights(a, *moments).clamp_min(0)
     expected = torch.einsum("bk,bkhw->bhw", weights, a)
-    run = lambda seed: compute_cams(model, x, targets, methods=SmoothGradCAMPlusPlus(
-        n, sigma, generator=torch.Generator().manual_seed(seed)))
+    def run(seed):
+        return compute_cams(model, x, targets, methods=SmoothGradCAMPlusPlus(
+            n, sigma, generator=torch.Generator().manual_seed(seed)))
     out = run(7).maps["smoothgradcam++"]
     assert torch.allclose(out.double(), expected, atol=1e-6)
     assert torch.equal(out, run(7).maps["smoothgradcam++"])
@@ -473,8 +479,12 @@ def test_batched_results_equal_per_image_results():
     x = images(4)
     targets = torch.tensor([0, 1, 2, 1])
     # With the square after the CAM layer, cam is not defined (the model check refuses it).
+    # Every method that fits a CNN without named stages, the random ones with few samples
+    # (SS-CAM's noise follows the chunks of the batch, so it is left to its own test).
     kw = dict(methods=[ScoreCAM(batch_size=5), SmoothGradCAMPlusPlus(samples=1, sigma=0.0),
-                       *[m for m in CAM_METHODS if m != "cam"]])
+                       ISCAM(samples=3, batch_size=4), AblationCAM(batch_size=3),
+                       *[m for m in CAM_METHODS if m not in ("cam", "legrad", "refinecam",
+                                                             "sscam")]])
     for branch in ("softmax", "sigmoid"):
         batch = compute_cams(model, x, targets, branch=branch, **kw)
         for i in range(4):
@@ -493,12 +503,23 @@ def test_real_architectures_all_methods(name):
     model.eval()
     size = 64 if name == "resnet18" else 96
     x = torch.randn(2, 3, size, size)
-    out = compute_cams(model, x, methods=[ScoreCAM(topk=3), SmoothGradCAMPlusPlus(samples=2),
-                                          "all"])
+    methods = [ScoreCAM(topk=3), SmoothGradCAMPlusPlus(samples=2), SSCAM(samples=1),
+               ISCAM(samples=1), "all"]
+    if name == "inception_v3":
+        # SS-CAM and IS-CAM run the whole network once per channel (2048 here, a minute);
+        # their mechanism does not depend on the network and runs on ResNet18 above.
+        methods = methods[:2] + [m for m in CAM_METHODS if m not in ("legrad", "sscam", "iscam",
+                                                                     "scorecam",
+                                                                     "smoothgradcam++")]
+    out = compute_cams(model, x, methods=methods)
+    skipped = {"legrad"} if name == "resnet18" else {"legrad", "sscam", "iscam"}
+    assert set(CAM_METHODS) - set(out.maps) == skipped
     h, w = out.maps["cam"].shape[1:]
     z = h * w
-    for m in out.maps.values():
-        assert m.shape == (2, h, w) and m.dtype == torch.float32 and torch.isfinite(m).all()
+    for name, m in out.maps.items():
+        # FullGrad and RefineCAM are defined at the input's size.
+        shape = (2, size, size) if name in ("fullgrad", "refinecam") else (2, h, w)
+        assert m.shape == shape and m.dtype == torch.float32 and torch.isfinite(m).all(), name
     # A GAP head (linear or 1x1 conv): Grad-CAM = clamped CAM / Z on the sigmoid branch.
     assert torch.allclose(out.maps["gradcam"], out.maps["cam"] / z, rtol=1e-4, atol=1e-6)
     assert out.logits.shape == (2, 4) and out.logits_sigmoid.shape == (2, 4)

@@ -173,6 +173,10 @@ class TestResize:
         e = box_evaluator(md)
         # x: 10.7*224/500 = 4.79 -> 4; y: 99.9*224/300 = 74.59 -> 74 ...
         assert e.gt_bboxes["a.jpg"].tolist() == [[4, 74, 149, 223]]
+        # wsolevaluation's other public attributes, for scripts written against it.
+        assert e.original_bboxes == {"a.jpg": [[10.7, 99.9, 333.0, 299.0]]}
+        assert e.image_sizes == {"a.jpg": (500, 300)} and e.image_ids == ["a.jpg"]
+        assert e.resize_length == 224 and e.cnt == 0
 
 
 def test_threshold_list_construction():

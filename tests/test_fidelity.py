@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -121,3 +123,79 @@ def test_log_space_scores_survive_vanishing_probabilities():
     assert result["num_images"] == 1 and result["num_invalid_scores"] == 1
     assert result["Average Drop"] == pytest.approx(100 * (1 - math.exp(-2)))
     assert result["Increase in Confidence"] == 0.0
+
+
+# ---------------------------------------------------------------------------
+# ROAD, against pytorch-grad-cam 1.5.7 (requirements-dev.txt)
+# ---------------------------------------------------------------------------
+def road_setup():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(8, 4)).eval()
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(2, 3, 20, 24, generator=g)
+    maps = torch.rand(2, 20, 24, generator=g)
+    return net, images, maps, torch.tensor([2, 0])
+
+
+def test_imputation_equals_the_sparse_solve_of_pytorch_grad_cam():
+    road = pytest.importorskip("pytorch_grad_cam.metrics.road")
+    from wsol.metrics.road import impute
+    _, images, maps, _ = road_setup()
+    removed = maps > 0.35  # a large hole touching the borders
+    ours = impute(images, removed)
+    theirs = torch.stack([road.NoisyLinearImputer(noise=0.0)(images[i], (~removed[i]).float())
+                          for i in range(2)])
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert torch.equal(ours[~removed[:, None].expand_as(ours)],
+                       images[~removed[:, None].expand_as(images)])
+
+
+def test_road_equals_pytorch_grad_cam_with_the_same_noise():
+    road = pytest.importorskip("pytorch_grad_cam.metrics.road")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+    from wsol.metrics.road import road_scores
+    net, images, maps, targets = road_setup()
+    torch.manual_seed(7)
+    kw = dict(input_tensor=images, cams=maps.numpy(), model=net,
+              targets=[ClassifierOutputSoftmaxTarget(int(t)) for t in targets])
+    combined = road.ROADCombined()(**kw)
+    with torch.no_grad():
+        probabilities = lambda x: net(x).softmax(1)  # noqa: E731
+        full = probabilities(images).gather(1, targets[:, None])[:, 0]
+        ours = road_scores(probabilities, images, maps, targets, full,
+                           torch.Generator().manual_seed(7))
+    assert torch.allclose(ours["ROAD"].float(), torch.from_numpy(combined), atol=1e-5)
+    torch.manual_seed(7)
+    lerf = road.ROADLeastRelevantFirstAverage()(**kw)
+    morf = road.ROADMostRelevantFirstAverage()(**kw)
+    assert torch.allclose(ours["LeRF"].float(), torch.from_numpy(lerf), atol=1e-5)
+    assert torch.allclose(ours["MoRF"].float(), torch.from_numpy(morf), atol=1e-5)
+
+
+def test_road_in_the_evaluator_adds_up_across_batches_and_resamples():
+    from wsol.metrics.base import FidelityInputs, MapBatch
+    net, images, maps, targets = road_setup()
+    scorer = lambda x, key: net(x).double().log_softmax(1)  # noqa: E731
+    targets = torch.tensor(targets)
+    with torch.no_grad():
+        logits = net(images)
+    ids = ["a", "b"]
+
+    def run(parts):
+        e = FidelityEvaluator(scorer, image_ids=ids, road=True, seed=3)
+        for part in map(torch.tensor, parts):
+            e.process(MapBatch("cam", "softmax", maps[part], [ids[i] for i in part.tolist()],
+                               images=images[part],
+                               fidelity=FidelityInputs(maps[part], targets[part],
+                                                       logits[part], "logits")))
+        return e
+    whole, split = run([[0, 1]]), run([[0], [1]])
+    a, b = whole.compute(), split.compute()
+    for key in ("ROAD MoRF", "ROAD LeRF", "ROAD"):
+        assert a[key] == pytest.approx(b[key], abs=1e-9)
+    assert a["ROAD"] == pytest.approx((a["ROAD LeRF"] - a["ROAD MoRF"]) / 2)
+    # Every resample that takes each image once gives the whole-set numbers.
+    samples = whole.bootstrap_samples(np.ones((1, 2)))
+    assert samples["ROAD"][0] == pytest.approx(a["ROAD"])

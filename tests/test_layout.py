@@ -105,7 +105,9 @@ def test_every_flag_has_help_and_compatibility_flags_are_grouped():
     parser = config.build_parser()
     assert all(a.help for a in parser._actions)
     groups = {g.title: [a.dest for a in g._group_actions] for g in parser._action_groups}
-    assert groups["compatibility"] == ["wsol_method"]
+    assert groups["compatibility"] == ["train_only", "wandb_dir", "last_layer", "init_weight",
+                                       "debug", "c1", "c2", "t1", "t2", "alpha"]
+    assert groups["WSOL methods"][0] == "wsol_method"
 
 
 def test_single_contour_evaluation_changes_the_printed_column(tiny_synth_root, tmp_path,

@@ -531,9 +531,9 @@ def test_bench_throughput_runs_small_and_reports_every_ratio(tmp_path, capsys):
      "identical counts (both curves at every CAM and IoU threshold, GT-known and Top-1 "
      "Loc): yes"),
     ("bench_cams.py", ["--archs", "resnet18", "--batch_size", "2", "--size", "32",
-                       "--num_classes", "10", "--repeats", "1", "--warmup", "0", "--extra",
-                       "--scorecam_topk", "2", "--smooth_samples", "2"],
-     "together / fwd+bwd (train) = "),
+                       "--num_classes", "10", "--repeats", "1", "--warmup", "0",
+                       "--perturbation", "--perturbation_samples", "1", "--libraries"],
+     "weight/gradient methods): "),
 ])
 def test_the_other_benchmarks_run_small(script, args, expected):
     done = subprocess.run([sys.executable, os.path.join(SCRIPTS, script), *args], cwd=REPO,
@@ -617,3 +617,45 @@ def test_make_tables_shows_our_intervals_and_whether_published_numbers_lie_in_th
     assert (record["MaxBoxAccV2 ours lo"], record["MaxBoxAccV2 ours hi"]) == ("61.0", "63.7")
     assert record["MaxBoxAccV2 ref vanilla inside"] == "True"
     assert record["MaxBoxAccV2 ref ours inside"] == "False"
+
+
+# -- wsolevaluation's WSOL methods ---------------------------------------------------------
+def test_wsol_methods_script_plans_each_method_vanilla_and_b2(tmp_path):
+    fake_layout(tmp_path)
+    done = subprocess.run(["bash", os.path.join(SCRIPTS, "run_wsol_methods.sh"), "CUB",
+                           "--architectures", "resnet50", "--dry_run"],
+                          env=env_for(tmp_path), capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    # cam uses the released vanilla checkpoint; has and cutmix train their own.
+    assert "CUB_resnet50_has_vanilla: vanilla  # not published: lr 1e-3 stands in" in out
+    assert "CUB_resnet50_cutmix_vanilla: vanilla" in out
+    assert "CUB_resnet50_vanilla: vanilla" not in out
+    steps = plan(["--dataset", "CUB", "--architectures", "resnet50", "--wsol_method", "has",
+                  "--data_root", str(tmp_path / "dataset")])
+    assert [s.kind for s in steps] == ["vanilla", "finetune", "evaluate"]
+    assert all(flag(s, "--wsol_method") == "has" for s in steps)
+    assert steps[1].inputs == [os.path.join("train_log", "CUB_resnet50_has_vanilla",
+                                            "last_checkpoint.pth.tar")]
+
+
+def test_wsol_table_beside_wsolevaluations_numbers(tmp_path):
+    assert make_tables.wsol_published("CUB", "resnet50", "has") == 64.7
+    assert make_tables.wsol_published("OpenImages", "inception_v3", "cam") == 63.2
+    assert make_tables.wsol_published("CARS", "resnet50", "cam") is None
+    rows = [{"method": "cam", "branch": "softmax", "MaxBoxAccV2": 60.0},
+            {"method": "cam", "branch": "sigmoid", "MaxBoxAccV2": 62.5}]
+    path = tmp_path / "results_test.json"
+    path.write_text(json.dumps({"rows": rows, "dataset": "CUB", "architecture": "resnet50",
+                                "wsol_method": "cutmix"}))
+    table = make_tables.wsol_table([str(path)])
+    assert "| CUB | ResNet50 | cutmix | MaxBoxAccV2 | 62.8 | 60.00 | 62.50 | +2.50 |" in table
+    paired = [{"metric": "MaxBoxAccV2", "a": {"method": "cam", "branch": "sigmoid"},
+               "b": {"method": "cam", "branch": "softmax"}, "diff": 2.5, "ci95": [0.5, 4.25],
+               "p": 0.012}]
+    path.write_text(json.dumps({"rows": rows, "dataset": "CUB", "architecture": "resnet50",
+                                "wsol_method": "cutmix", "paired": paired}))
+    assert "| +2.50 (+0.50 to +4.25, p 0.012) |" in make_tables.wsol_table([str(path)])
+    # In the main tables another WSOL method is another row, never a conflict with CAM's.
+    assert make_tables.protocol_of({"wsol_method": "cutmix"}) == "wsol_method cutmix"

@@ -365,3 +365,38 @@ def test_every_readme_snippet_runs_as_written(index, tmp_path):
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": ""})
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# -- the CAM methods' names and settings --------------------------------------------------
+def test_method_settings_and_methods_that_do_not_fit_are_one_line(workspace, capsys):
+    assert main.main(argv(workspace, "opt", "--epochs", "0", "--method", "sscam",
+                          "--cam_option", "sscam.sample=3")) == 2
+    err = capsys.readouterr().err
+    assert "--cam_option sscam.sample: sscam has no setting 'sample' (its settings: samples, " \
+           "std, batch_size)" in err and "Traceback" not in err
+    assert main.main(argv(workspace, "lg", "--epochs", "0", "--method", "legrad")) == 2
+    err = capsys.readouterr().err
+    assert "legrad reads the attention of a vision transformer" in err
+    assert "Traceback" not in err
+    assert not (workspace / "train_log" / "lg").exists()
+    # Dual-CAM's --methods, and settings that reach the method.
+    settings = config.build_settings(*config.parse_main_args(argv(
+        workspace, "m", "--epochs", "0", "--methods", "gradcam,iscam",
+        "--cam_option", "iscam.samples=3", "--cam_option", "iscam.batch_size=7")))
+    methods = settings.cams.instances()
+    assert [m.name for m in methods] == ["gradcam", "iscam"]
+    assert (methods[1].samples, methods[1].batch_size) == (3, 7)
+
+
+@pytest.mark.slow
+def test_method_all_scores_what_the_model_can_give(workspace, capsys):
+    run = argv(workspace, "all", "--epochs", "0", "--method", "all",
+               "--cam_option", "sscam.samples=1", "--cam_option", "iscam.samples=1",
+               "--scorecam_topk", "2", "--smooth_samples", "1")
+    results = main.run(config.get_configs(run))
+    from wsol.cams import CAM_METHODS
+    assert [r["method"] for r in results["rows"]] == [m for m in CAM_METHODS if m != "legrad"]
+    assert "legrad: legrad reads the attention of a vision transformer" in \
+        capsys.readouterr().err
+    for row in results["rows"]:
+        assert 0 <= row["MaxBoxAccV2"] <= 100, row["method"]

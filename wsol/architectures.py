@@ -102,6 +102,8 @@ class ArchitectureSpec:
     # backbone: how a checkpoint that records only the backbone's name is
     # told apart (recognise_network).
     signature: tuple[str, ...] = ()
+    # RefineCAM's default layers: the CAM layer and the two stages before it.
+    refine_layers: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------
@@ -345,33 +347,38 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {s.name: s for s in (
     ArchitectureSpec("vgg16", lambda c, lfm=False, size=224: VggCam(c, lfm), "relu", "fc",
                      "VGG16-CAM (wsolevaluation): conv6 + GAP + fc",
                      lr_rule=VGG_RULE, torchvision_weights="VGG16_Weights",
-                     pretrained_keys=_vgg_keys, fresh_layers=("conv6.",), signature=("conv6",)),
+                     pretrained_keys=_vgg_keys, fresh_layers=("conv6.",), signature=("conv6",),
+                     refine_layers=("features.15", "features.22", "relu")),
     ArchitectureSpec("vgg16_gradcam", lambda c, lfm=False, size=224: VggGradCam(c, lfm),
                      "features", "classifier",
                      "the paper's Grad-CAM VGG16: torchvision VGG16 without the last max-pool, "
                      "MLP classifier",
                      sigmoid_branch="classifier_2", lr_rule=VGG_RULE,
                      torchvision_weights="VGG16_Weights", pretrained_keys=_vgg_keys,
-                     signature=("classifier",)),
+                     signature=("classifier",),
+                     refine_layers=("features.15", "features.22", "features")),
     ArchitectureSpec("resnet18", lambda c, lfm=False, size=224: resnet_cam(18, c, lfm),
                      "layer4", "fc", "ResNet18-CAM (layer4 at stride 1)",
-                     lr_rule=RESNET_RULE, torchvision_weights="ResNet18_Weights"),
+                     lr_rule=RESNET_RULE, torchvision_weights="ResNet18_Weights",
+                     refine_layers=("layer2", "layer3", "layer4")),
     ArchitectureSpec("resnet50", lambda c, lfm=False, size=224: resnet_cam(50, c, lfm),
                      "layer4", "fc",
                      "ResNet50-CAM (wsolevaluation; also the paper's Grad-CAM ResNet50 "
                      "without the large feature map)",
-                     lr_rule=RESNET_RULE, torchvision_weights="ResNet50_Weights"),
+                     lr_rule=RESNET_RULE, torchvision_weights="ResNet50_Weights",
+                     refine_layers=("layer2", "layer3", "layer4")),
     ArchitectureSpec("inception_v3", lambda c, lfm=False, size=224: InceptionCam(c, lfm),
                      "SPG_A3_2b", "SPG_A4", "InceptionV3-CAM (SPG style, wsolevaluation)",
                      sigmoid_branch="SPG_A4_2", lr_rule=INCEPTION_RULE,
                      branch_init=xavier_branch_init, torchvision_weights="Inception_V3_Weights",
                      pretrained_keys=_inception_cam_keys,
-                     fresh_layers=("SPG_A3_1b.", "SPG_A3_2b."), signature=("SPG_A4",)),
+                     fresh_layers=("SPG_A3_1b.", "SPG_A3_2b."), signature=("SPG_A4",),
+                     refine_layers=("Conv2d_4a_3x3", "Mixed_5d", "SPG_A3_2b")),
     ArchitectureSpec("inception_v3_gradcam", _inception_tv, "Mixed_7c", "fc",
                      "the paper's Grad-CAM InceptionV3: torchvision Inception-v3, CAM layer "
                      "Mixed_7c", lr_rule=INCEPTION_RULE, branch_init=inception_tv_branch_init,
                      torchvision_weights="Inception_V3_Weights", pretrained_keys=_drop_aux,
-                     signature=("Mixed_7c",)),
+                     signature=("Mixed_7c",), refine_layers=("Mixed_5d", "Mixed_6e", "Mixed_7c")),
     ArchitectureSpec("vit", lambda c, lfm=False, size=224: DeiTCam(c, size),
                      "features.blocks.11.norm1", "head",
                      "DeiT-Tiny (timm) as the method's earlier code builds it; CAM layer the "

@@ -236,7 +236,8 @@ def evaluation_context(settings: RunSettings, split: str | None = None,
         loc_threshold=evaluation.loc_threshold, first_box_only=choices.first_box_only,
         box_threads=evaluation.box_threads, seed_threshold=evaluation.seed_threshold,
         fidelity=evaluation.fidelity, fidelity_steps=evaluation.fidelity_steps,
-        fidelity_scorer=fidelity_scorer, bootstrap=evaluation.bootstrap, seed=choices.seed)
+        fidelity_road=evaluation.fidelity_road, fidelity_scorer=fidelity_scorer,
+        bootstrap=evaluation.bootstrap, seed=choices.seed)
     if not info.multi_label:
         context.ground_truth = GroundTruth(metadata, RESIZE_LENGTH, data.mask_folder,
                                            boxes=info.boxes, masks=info.masks)
@@ -302,6 +303,7 @@ def evaluate_run(settings: RunSettings, model: CAMModel, spec, device: torch.dev
             executor.shutdown()
     results.update({"experiment": settings.runtime.experiment_name,
                     "dataset": data.dataset_name, "architecture": settings.model.network,
-                    "model_structure": settings.model.model_structure, "split": split,
+                    "model_structure": settings.model.model_structure,
+                    "wsol_method": settings.wsol.method, "split": split,
                     "choices": settings.choices.as_dict(), "replay": settings.replay})
     return results

@@ -31,7 +31,7 @@ def _columns(results: dict, box_column: str) -> list[str]:
     metric as asked), then the fidelity metrics when measured."""
     columns = [box_column if c == "MaxBoxAccV2" else c for c in TABLE_COLUMNS]
     rows = results["rows"]
-    for extra in ("Average Drop", "Increase in Confidence"):
+    for extra in ("Average Drop", "Increase in Confidence", "ROAD MoRF", "ROAD LeRF", "ROAD"):
         if any(extra in row for row in rows):
             columns.append(extra)
     return [c for c in columns if c == "Top-1 Cls" or any(c in row for row in rows)]
@@ -233,7 +233,8 @@ def evaluation_record(settings) -> dict:
             "loc_threshold": evaluation.loc_threshold,
             "multi_contour_eval": evaluation.multi_contour_eval,
             "choices": settings.choices.as_dict(), "fidelity": evaluation.fidelity,
-            "fidelity_steps": evaluation.fidelity_steps, "crop_size": settings.data.crop_size,
+            "fidelity_steps": evaluation.fidelity_steps,
+            "fidelity_road": evaluation.fidelity_road, "crop_size": settings.data.crop_size,
             "recam_map": settings.model.recam_map, "recam_clamp": settings.model.recam_clamp,
             "tta_scales": list(evaluation.tta_scales),
             "seed_threshold": evaluation.seed_threshold}

@@ -174,11 +174,13 @@ def _show(value: Any) -> str:
 
 
 def describe_settings(values: Mapping[str, Any], keys: Iterable[str],
-                      record: SavedRecord | None) -> str:
-    """One line under the table: the settings the numbers were computed with, and where from."""
+                      record: SavedRecord | None, maps: bool = True) -> str:
+    """One line under the table: the settings the numbers were computed with,
+    and where from (``maps``: saved maps were scored, which may have a record)."""
     used = ", ".join(f"{k} {_show(values[k])}" for k in keys if k in values)
     where = (f"the run's, from {record.source}" if record is not None
-             else "evaluation.py's defaults and flags: no run record beside the maps")
+             else "evaluation.py's defaults and flags" +
+             (": no run record beside the maps" if maps else ""))
     return f"(scored with {used}: {where})"
 
 

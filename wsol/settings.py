@@ -19,8 +19,8 @@ from typing import Any, Mapping
 from wsol.data.datasets import DatasetInfo, dataset_info
 from wsol.replay import RunChoices
 
-__all__ = ["DataSettings", "ModelSettings", "OptimSettings", "CAMSettings", "EvalSettings",
-           "RuntimeSettings", "RunSettings", "read_run_settings", "CONFIG_NAME"]
+__all__ = ["DataSettings", "ModelSettings", "OptimSettings", "WSOLSettings", "CAMSettings",
+           "EvalSettings", "RuntimeSettings", "RunSettings", "read_run_settings", "CONFIG_NAME"]
 
 CONFIG_NAME = "config.json"
 
@@ -111,6 +111,26 @@ class OptimSettings:
 
 
 @dataclass(frozen=True)
+class WSOLSettings:
+    """wsolevaluation's WSOL training method and its settings (its flags'
+    names and defaults; wsol.wsol_methods, docs/method.md)."""
+    method: str = "cam"                # --wsol_method
+    has_grid_size: int = 4             # Hide-and-Seek: a cell's side in pixels
+    has_drop_rate: float = 0.5
+    acol_threshold: float = 0.7
+    spg_threshold_1h: float = 0.7
+    spg_threshold_1l: float = 0.01
+    spg_threshold_2h: float = 0.5
+    spg_threshold_2l: float = 0.05
+    spg_threshold_3h: float = 0.7
+    spg_threshold_3l: float = 0.1
+    adl_drop_rate: float = 0.75
+    adl_threshold: float = 0.9
+    cutmix_beta: float = 1.0
+    cutmix_prob: float = 1.0
+
+
+@dataclass(frozen=True)
 class CAMSettings:
     """Which maps: methods (with their settings) and branches."""
     methods: tuple[str, ...] = ("cam", "gradcam")
@@ -122,15 +142,22 @@ class CAMSettings:
     smooth_sigma: float = 0.15
     scorecam_batch_size: int = 32
     scorecam_topk: int | None = None
+    method_options: tuple[str, ...] = ()  # --cam_option METHOD.SETTING=VALUE items
 
     def instances(self, generator=None) -> list:
-        """The methods as instances with these settings (wsol.cams.methods);
+        """The methods as instances with these settings (wsol.cams.registry);
         ``generator``: the noise of the random ones."""
-        from wsol.cams import CAM_METHODS, ScoreCAM, SmoothGradCAMPlusPlus
-        made = {"smoothgradcam++": lambda: SmoothGradCAMPlusPlus(
-                    self.smooth_samples, self.smooth_sigma, generator),
-                "scorecam": lambda: ScoreCAM(self.scorecam_batch_size, self.scorecam_topk)}
-        return [made[n]() if n in made else CAM_METHODS[n] for n in self.methods]
+        from wsol.cams import make_method, parse_method_options
+        options = parse_method_options(self.method_options)
+        fixed = {"smoothgradcam++": {"samples": self.smooth_samples, "sigma": self.smooth_sigma},
+                 "scorecam": {"batch_size": self.scorecam_batch_size, "topk": self.scorecam_topk}}
+        made = []
+        for name in self.methods:
+            typed = dict(fixed.get(name, {}))
+            if generator is not None:
+                typed["generator"] = generator
+            made.append(make_method(name, options.get(name), **typed))
+        return made
 
 
 @dataclass(frozen=True)
@@ -145,6 +172,7 @@ class EvalSettings:
     box_threads: int = 0
     fidelity: bool = False
     fidelity_steps: int = 0
+    fidelity_road: bool = False
     tta_scales: tuple[float, ...] = ()
     seed_threshold: float = 0.21
     bootstrap: int = 1000              # resamples of the images for the intervals (0: none)
@@ -175,6 +203,7 @@ class RuntimeSettings:
     wandb: str = "off"
     wandb_name: str | None = None
     project: str = "dual-branch-cam"
+    debug: bool = False                # log at DEBUG level
 
     @property
     def log_folder(self) -> str:
@@ -183,8 +212,8 @@ class RuntimeSettings:
 
 
 _SECTIONS = {"data": DataSettings, "model": ModelSettings, "optim": OptimSettings,
-             "cams": CAMSettings, "evaluation": EvalSettings, "runtime": RuntimeSettings,
-             "choices": RunChoices}
+             "wsol": WSOLSettings, "cams": CAMSettings, "evaluation": EvalSettings,
+             "runtime": RuntimeSettings, "choices": RunChoices}
 
 
 @dataclass(frozen=True)
@@ -192,6 +221,7 @@ class RunSettings:
     data: DataSettings = field(default_factory=DataSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
+    wsol: WSOLSettings = field(default_factory=WSOLSettings)
     cams: CAMSettings = field(default_factory=CAMSettings)
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
@@ -252,6 +282,7 @@ def _section(kind: type, values: Mapping[str, Any]):
 # section's fields were (flag name -> field, when they differ).
 _FLAT_NAMES = {"model": {"network": "network", "unfreeze": "unfreeze_layers",
                          "freeze": "freeze_prefixes"},
+               "wsol": {"method": "wsol_method"},
                "cams": {"methods": "methods", "branches": "cam_branches"},
                "evaluation": {"checkpoint": "eval_checkpoint_type", "tta_scales": "tta"}}
 

@@ -12,7 +12,8 @@ from typing import Sequence
 import torch
 
 from wsol.cams.capture import branch_logits, capture, captured, full_precision
-from wsol.cams.methods import CAMMethod, resolve_methods
+from wsol.cams.base import CAMMethod
+from wsol.cams.registry import resolve_methods
 from wsol.errors import ModelCheckError
 from wsol.heads import check_weight_channels
 from wsol.model import CAMModel
@@ -36,13 +37,19 @@ def verify_cam_model(model: CAMModel, images: Tensor,
     * gradient methods: the target logit's gradient reaches the layer's map
       (a ViT's final tokens, for instance, only reach the class token);
     * ``cam``: the head has class weights and, for every class, the mean of the
-      class map plus the bias equals the logit.
+      class map plus the bias equals the logit;
+    * every method's own requirement (:meth:`CAMMethod.misfit`: LeGrad reads
+      a ViT's attention, RefineCAM needs its layers).
 
     Runs once per model, CAM-layer layout, method kind and branch set (cached
     on the model; not per input size: seed maps come at every image's size), in
     float32, in eval mode.
     """
     chosen = resolve_methods(methods)
+    for method in chosen:
+        reason = method.misfit(model)
+        if reason:
+            raise ModelCheckError(reason)
     needs = {"layer"}
     needs |= {"weights"} if any(m.needs_class_weights for m in chosen) else set()
     needs |= {"gradients"} if any(m.uses_gradients for m in chosen) else set()
@@ -67,19 +74,30 @@ def supported_methods(model: CAMModel, images: Tensor,
                       methods: Sequence[CAMMethod | str], branches: Sequence[str],
                       drop: bool = True) -> tuple[list[CAMMethod], str]:
     """The methods (checked with :func:`verify_cam_model`) and, with ``drop``,
-    without those that need class weights when the model's head has none
-    (a ViT's class-token head, a LayerNorm before the Linear): then also the
-    reason, for a note.  Any other misfit is the check's error."""
+    without those the model cannot give (cam without class weights -- a ViT's
+    class-token head, a LayerNorm before the Linear --, legrad on a CNN, ...):
+    then also the reasons, for a note.  Without ``drop`` a misfit is the
+    check's error."""
     chosen = resolve_methods(methods)
+    reasons = []
+    if drop:
+        fitting = []
+        for method in chosen:
+            reason = method.misfit(model)
+            if reason:
+                reasons.append(f"{method.name}: {reason}")
+            else:
+                fitting.append(method)
+        chosen = fitting or chosen
     try:
         verify_cam_model(model, images, chosen, branches)
-        return chosen, ""
+        return chosen, "; ".join(reasons)
     except ModelCheckError as error:
         rest = [m for m in chosen if not m.needs_class_weights]
         if not drop or not rest or len(rest) == len(chosen):
             raise
         verify_cam_model(model, images, rest, branches)
-        return rest, str(error)
+        return rest, "; ".join(reasons + [str(error)])
 
 
 def _check_layer_and_branch(model: CAMModel, probe: Tensor) -> None:

@@ -1,11 +1,12 @@
 """Every requested CAM method from one batched pass, on one or several
 branches of a :class:`CAMModel` (docs/method.md).
 
-The pass: one forward, capturing the CAM layer's activations; one backward
-per branch through the head only when a method needs gradients, shared by
-all of them; then each method's own passes (:meth:`CAMMethod.prepare`) and
-its map.  Maps are computed in torch, batched, on the model's device, in
-float32 even under an outer autocast.  Call ``model.eval()`` first: a model
+The pass: one forward, recording the CAM layer's activations (and the other
+layers some methods read); one backward per branch and target set -- through
+the head only unless a method needs more -- shared by all gradient methods;
+then each method's own passes (:meth:`CAMMethod.prepare`) and its map.
+Maps are computed in torch, batched, on the model's device, in float32 even
+under an outer autocast.  Call ``model.eval()`` first: a model
 in training mode would update BatchNorm statistics and apply dropout during
 the extra passes.
 """
@@ -16,9 +17,10 @@ from typing import Sequence
 
 import torch
 
-from wsol.cams.capture import forward_activations, full_precision, target_set_gradients
+from wsol.cams.base import CAMInputs, CAMMethod
+from wsol.cams.capture import PassNeeds, SharedPass, full_precision
 from wsol.cams.check import verify_cam_model
-from wsol.cams.methods import CAMInputs, CAMMethod, resolve_methods
+from wsol.cams.registry import resolve_methods
 from wsol.branches import BRANCHES, branch_rule, check_branch, clamp_rule, clamps_map_weights
 from wsol.model import CAMModel
 
@@ -57,8 +59,9 @@ def compute_cams(model: CAMModel, images: Tensor, targets: Tensor | None = None,
         images: [B, 3, H, W] as the model takes them (normalised).
         targets: [B] classes to explain; None -> the softmax head's top-1.
         methods: names (:data:`CAM_METHODS`, with their default settings), a
-            comma-separated string, "all", or method instances with settings of
-            their own (``SmoothGradCAMPlusPlus(samples=16)``, ``ScoreCAM(topk=64)``).
+            comma-separated string, "all" (the methods that fit the model), or
+            method instances with settings of their own
+            (``SmoothGradCAMPlusPlus(samples=16)``, ``ScoreCAM(topk=64)``).
         branch: "softmax", "sigmoid" or "recam"; None -> "sigmoid" for a dual-branch
             model, "softmax" otherwise.
         clamp: on the sigmoid branch, clamp the weights at zero (the method);
@@ -66,9 +69,15 @@ def compute_cams(model: CAMModel, images: Tensor, targets: Tensor | None = None,
 
     Cost: one forward; plus one backward through the head only (the layers
     after the CAM layer) when a gradient method is asked for, shared by all of
-    them; plus ``samples`` such forward/backward pairs for Smooth Grad-CAM++
-    and ``ceil(B * k / batch_size)`` forwards for Score-CAM.  The returned
-    logits come from the first forward.  The first call on a model also checks
+    them -- from the earliest layer RefineCAM reads, or from the input for
+    FullGrad; Finer-CAM adds a backward of its own target and ShapleyCAM a
+    second-order one through the same graph; plus each method's own passes:
+    ``samples`` forward/backward pairs for Smooth Grad-CAM++, one forward per
+    scored channel (chunks of ``batch_size``) for Score-CAM, ``samples`` times
+    that for SS-CAM and IS-CAM, one run of the layers after the CAM layer per
+    channel for AblationCAM, a forward and backward from its first block for
+    LeGrad (docs/PERFORMANCE.md).  The returned logits come from the first
+    forward.  The first call on a model also checks
     it (:func:`wsol.cams.verify_cam_model`).
     """
     if branch is None:
@@ -96,7 +105,7 @@ def compute_cams_for_target_sets(model: CAMModel, images: Tensor, target_sets: T
     multi-label data; None: the softmax head's top-1) from one forward:
     ``{branch: [CAMOutput of each set]}``; one backward through the head per
     branch and set."""
-    chosen = resolve_methods(methods)
+    chosen = resolve_methods(methods, fitting=model)
     branches = list(dict.fromkeys(branches))
     if not branches:
         raise ValueError(f"no branch given; choose from {BRANCHES}")
@@ -130,26 +139,27 @@ def _compute(model: CAMModel, images: Tensor, target_sets: Tensor | None,
                 torch._assert_async(~bad)  # fails on the GPU without making the host wait
             elif bool(bad):
                 raise ValueError(f"targets must lie in [0, {model.num_classes})")
-    if any(m.needs_gradients for m in chosen):
-        outputs, target_sets, activations, gradients = target_set_gradients(
-            model, images, target_sets, branches)
-    else:
-        outputs, activations = forward_activations(model, images)
-        gradients = {}
-        if target_sets is None:
-            target_sets = outputs["logits"].argmax(1)[None]
+    needs = PassNeeds()
+    for method in chosen:
+        needs = needs | method.pass_needs(model)
+    shared = SharedPass(model, images, needs)
+    if target_sets is None:
+        target_sets = shared.outputs["logits"].detach().argmax(1)[None]
     logits = {key: None if value is None else full_precision(value.detach())
-              for key, value in outputs.items()}
+              for key, value in shared.outputs.items()}
     results: dict[str, list[CAMOutput]] = {}
     for branch in branches:
         # What the branch clamps (wsol.branches); ReCAM's clamped factors are
         # in its class weights already.
         clamp_here = clamps_map_weights(clamp_rule(branch, clamp, model.recam_clamp))
         results[branch] = []
-        for j, targets in enumerate(target_sets):
+        for targets in target_sets:
+            grads = shared.gradients(shared.target_scores(branch, targets),
+                                     create_graph=needs.create_graph) if needs.graph else None
             inputs = CAMInputs(model=model, images=images, targets=targets, branch=branch,
-                               clamp=clamp_here, activations=activations,
-                               gradients=gradients[branch][j] if gradients else None)
+                               clamp=clamp_here, activations=shared.activations,
+                               gradients=None if grads is None else grads.cam, grads=grads,
+                               shared=shared)
             for method in chosen:  # their own passes, under the caller's autocast ...
                 method.prepare(inputs)
             # ... the maps are formed in float32 whatever it is.

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from wsol.cams.compute import CAMOutput
-from wsol.cams.methods import CAM_METHODS
+from wsol.cams.registry import CAM_METHODS
 from wsol.protocol import normalize_maps
 
 __all__ = ["MAP_STYLES", "evaluation_maps"]

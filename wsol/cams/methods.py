@@ -1,94 +1,35 @@
-"""The CAM methods: each says only how it turns the shared tensors of a batch
-(:class:`CAMInputs`) into maps, and owns its settings (docs/method.md).
+"""The gradient and class-weight CAM methods (docs/method.md).
 
-``A_k`` is the activation map of channel ``k``, ``g_k = dy/dA_k`` with ``y``
-the *raw logit* of the target class on the chosen branch, ``Z = h * w``.
-Channel-weight methods implement :meth:`CAMMethod.channel_weights` (the clamp
-and the weighted sum are shared); element-wise methods override
-:meth:`CAMMethod.raw_map`.  Methods that need passes of their own
-(Smooth Grad-CAM++: noisy inputs; Score-CAM: masked inputs) run them in
-:meth:`CAMMethod.prepare`, batched, under the caller's autocast.
+Each says only how it turns the shared tensors of a batch
+(:class:`wsol.cams.base.CAMInputs`) into maps, and owns its settings.  All of
+them share one forward and one backward per branch and target set (FinerCAM
+adds a backward of its own target through the same forward; ShapleyCAM
+differentiates the shared gradient once more).
 
 "Rectified" (``rectify``) is a method's final ReLU, applied by
 :func:`wsol.cams.evaluation_maps`.  CAM has none (wsolevaluation min-max
 normalises the raw CAM).  HiResCAM has none either: its paper proves it equal
 to CAM (up to ``1/Z``) for a GAP + linear head.  On the sigmoid branch every
 weight is clamped at zero (:func:`wsol.dual_branch.clamp_weights`): the channel
-weights of cam, gradcam, gradcam++, smoothgradcam++ and xgradcam and the
-element-wise weights ``g`` of hirescam; layercam already uses ``ReLU(g)``,
-scorecam's weights are probabilities, eigencam has no weights and no class.
+weights of cam, gradcam, gradcam++, smoothgradcam++, xgradcam, shapleycam and
+finercam and the element-wise weights ``g`` of hirescam and gradcamelementwise;
+layercam already uses ``ReLU(g)``; fem's weights are fractions.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
-
 import torch
-import torch.nn.functional as F
 
 from wsol.branches import branch_rule
-from wsol.cams.capture import branch_logits, target_gradients
-from wsol.heads import check_weight_channels
+from wsol.cams.base import CAMMethod
+from wsol.cams.capture import PassNeeds, target_gradients
 from wsol.dual_branch import clamp_weights
 from wsol.model import CAMModel
-from wsol.protocol import normalize_maps
 
-__all__ = ["CAMInputs", "CAMMethod", "CAM", "GradCAM", "GradCAMPlusPlus",
-           "SmoothGradCAMPlusPlus", "XGradCAM", "LayerCAM", "ScoreCAM", "HiResCAM",
-           "EigenCAM", "CAM_METHODS", "parse_methods", "resolve_methods", "gradcampp_weights"]
+__all__ = ["CAM", "GradCAM", "GradCAMPlusPlus", "SmoothGradCAMPlusPlus", "XGradCAM",
+           "LayerCAM", "HiResCAM", "GradCAMElementWise", "FEM", "ShapleyCAM", "FinerCAM",
+           "gradcampp_weights"]
 
 Tensor = torch.Tensor
-
-
-@dataclass
-class CAMInputs:
-    """The tensors of one batch and branch that CAM methods turn into maps.
-
-    ``gradients`` is the shared backward (``None`` when no requested method
-    needs it); ``extra`` holds what a method's :meth:`CAMMethod.prepare`
-    computed for this batch.
-    """
-    model: CAMModel
-    images: Tensor                 # [B, 3, H, W], as given to the model
-    targets: Tensor                # [B] class indices
-    branch: str                    # "softmax" | "sigmoid" | "recam"
-    clamp: bool                    # clamp the weights at zero (the sigmoid branch)
-    activations: Tensor            # A: [B, K, h, w], detached
-    gradients: Tensor | None = None  # dy/dA: [B, K, h, w]
-    extra: dict = field(default_factory=dict, repr=False)
-
-    def class_weights(self) -> Tensor:
-        """Head weights of each image's target class on the branch: [B, K]."""
-        weight, _ = self.model.class_weights(self.branch)
-        check_weight_channels(weight, self.activations.shape[1], self.model.head_name,
-                              self.model.feature_layer_name)
-        return weight[self.targets].to(self.activations.dtype)
-
-
-class CAMMethod:
-    """A CAM variant, with its settings as constructor arguments."""
-
-    name: ClassVar[str]
-    needs_gradients: ClassVar[bool] = False      # uses the shared backward
-    uses_gradients: ClassVar[bool] = False       # any gradient of the target logit
-    needs_class_weights: ClassVar[bool] = False  # the head's class weights (CAM)
-    rectify: ClassVar[bool] = True               # the definition ends with a ReLU
-
-    def prepare(self, inputs: CAMInputs) -> None:
-        """Passes of the method's own (under the caller's autocast)."""
-
-    def channel_weights(self, inputs: CAMInputs) -> Tensor:
-        raise NotImplementedError
-
-    def raw_map(self, inputs: CAMInputs) -> Tensor:
-        """The map before rectification, resizing and normalisation: [B, h, w]."""
-        weights = self.channel_weights(inputs)
-        if inputs.clamp:
-            weights = clamp_weights(weights)
-        return torch.einsum("bk,bkhw->bhw", weights, inputs.activations)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
 
 class CAM(CAMMethod):
@@ -153,6 +94,7 @@ class SmoothGradCAMPlusPlus(CAMMethod):
     """
     name = "smoothgradcam++"
     uses_gradients = True
+    random = True
 
     def __init__(self, samples: int = 8, sigma: float = 0.15,
                  generator: torch.Generator | None = None):
@@ -179,9 +121,6 @@ class SmoothGradCAMPlusPlus(CAMMethod):
 
     def channel_weights(self, inputs):
         return gradcampp_weights(inputs.activations, *inputs.extra[id(self)])
-
-    def __repr__(self) -> str:
-        return f"SmoothGradCAMPlusPlus(samples={self.samples}, sigma={self.sigma})"
 
 
 class XGradCAM(CAMMethod):
@@ -210,63 +149,6 @@ class LayerCAM(CAMMethod):
         return (inputs.gradients.clamp_min(0) * inputs.activations).sum(1)
 
 
-class ScoreCAM(CAMMethod):
-    """Score-CAM (Wang et al., CVPRW 2020): the class score of the input masked by each channel.
-    map = ReLU(sum_k p_k A_k).
-
-    The mask of channel ``k`` is ``A_k`` bilinearly upsampled to the input and
-    min-max normalised; the score is the softmax probability of the class on
-    the softmax branch and its sigmoid on the sigmoid branch (independent
-    sigmoids are the point of the method).  A constant channel gets weight 0.
-    ``topk`` scores only the ``k`` channels of largest mean activation per
-    image; ``batch_size`` masked inputs go through the model at once.
-    """
-    name = "scorecam"
-
-    def __init__(self, batch_size: int = 32, topk: int | None = None):
-        if batch_size < 1 or (topk is not None and topk < 1):
-            raise ValueError(f"Score-CAM needs batch_size >= 1 and topk >= 1, got "
-                             f"{batch_size} and {topk}")
-        self.batch_size, self.topk = int(batch_size), topk
-
-    @torch.no_grad()
-    def prepare(self, inputs):
-        activations, images = inputs.activations, inputs.images
-        batch, channels = activations.shape[:2]
-        if self.topk is not None and self.topk < channels:
-            chosen = activations.mean((2, 3)).topk(self.topk, dim=1).indices
-        else:
-            chosen = torch.arange(channels, device=activations.device).expand(batch, channels)
-        # One (image, channel) pair per masked input, in chunks across images so
-        # every forward is full whatever K and B are.
-        image_index = torch.arange(batch, device=activations.device).repeat_interleave(
-            chosen.shape[1])
-        channel_index = chosen.reshape(-1)
-        scores = torch.zeros(batch, channels, dtype=activations.dtype, device=activations.device)
-        for start in range(0, image_index.numel(), self.batch_size):
-            b = image_index[start:start + self.batch_size]
-            k = channel_index[start:start + self.batch_size]
-            # Upsample only this chunk's channels: all K masks at input size
-            # would not fit in memory for K = 2048.
-            masks = F.interpolate(activations[b, k][:, None].to(images.dtype),
-                                  size=images.shape[-2:], mode="bilinear", align_corners=False)
-            flat = masks.flatten(1)
-            valid = flat.amax(1) > flat.amin(1)
-            masks = normalize_maps(masks[:, 0])[:, None]
-            logits = branch_logits(inputs.model(images[b] * masks), inputs.branch)
-            prob = (logits.sigmoid() if branch_rule(inputs.branch).probability == "sigmoid"
-                    else logits.softmax(1))
-            prob = prob.gather(1, inputs.targets[b][:, None])[:, 0]
-            scores[b, k] = (prob * valid).to(scores.dtype)
-        inputs.extra[id(self)] = scores
-
-    def channel_weights(self, inputs):
-        return inputs.extra[id(self)]
-
-    def __repr__(self) -> str:
-        return f"ScoreCAM(batch_size={self.batch_size}, topk={self.topk})"
-
-
 class HiResCAM(CAMMethod):
     """HiResCAM (Draelos & Carin, 2020): element-wise gradients, no averaging.
     map = sum_k g_k * A_k (for a GAP + linear head, CAM / Z)."""
@@ -282,71 +164,101 @@ class HiResCAM(CAMMethod):
         return (grad * inputs.activations).sum(1)
 
 
-class EigenCAM(CAMMethod):
-    """Eigen-CAM (Muhammad & Yeasin, IJCNN 2020): no class, no weights.
-    map = projection of A on its first principal direction, signed to sum >= 0."""
-    name = "eigencam"
-    rectify = False
+
+
+class GradCAMElementWise(CAMMethod):
+    """Grad-CAM element-wise (pytorch-grad-cam): the element-wise products rectified.
+    map = ReLU(sum_k ReLU(g_k * A_k))."""
+    name = "gradcamelementwise"
+    needs_gradients = True
+    uses_gradients = True
 
     def raw_map(self, inputs):
+        grad = inputs.gradients
+        if inputs.clamp:  # the element-wise weights are the gradients, as for hirescam
+            grad = clamp_weights(grad)
+        return (grad * inputs.activations).clamp_min(0).sum(1)
+
+
+class FEM(CAMMethod):
+    """FEM (Fuad et al., IPTA 2020): the share of each channel above its k-sigma level.
+    map = ReLU(sum_k w_k A_k), w_k = mean_ij [A_k > mean(A_k) + k std(A_k)].
+
+    No gradient and no class; ``std`` is the population standard deviation,
+    as pytorch-grad-cam's (numpy's default)."""
+    name = "fem"
+
+    def __init__(self, k: float = 2.0):
+        self.k = float(k)
+
+    def channel_weights(self, inputs):
         a = inputs.activations
-        flat = a.flatten(2).transpose(1, 2)  # [B, hw, K]: one row per position
-        # The projection on the first right singular vector v1 is flat @ v1 =
-        # s1 * u1.  Found from the smaller Gram matrix (eigh of [hw, hw] or
-        # [K, K]): a full SVD of [hw, K] is ~50x slower for ResNet50 maps.
-        if flat.shape[1] <= flat.shape[2]:
-            values, vectors = torch.linalg.eigh(flat @ flat.transpose(1, 2))
-            projection = vectors[:, :, -1] * values[:, -1:].clamp_min(0).sqrt()
-        else:
-            _, vectors = torch.linalg.eigh(flat.transpose(1, 2) @ flat)
-            projection = (flat @ vectors[:, :, -1:])[:, :, 0]
-        sign = 1 - 2 * (projection.sum(1, keepdim=True) < 0).to(a.dtype)
-        return (projection * sign).view(a.shape[0], *a.shape[2:])
+        std, mean = torch.std_mean(a, dim=(2, 3), correction=0, keepdim=True)
+        return (a > mean + self.k * std).to(a.dtype).mean((2, 3))
 
 
-# The methods with their default settings, by name.
-CAM_METHODS: dict[str, CAMMethod] = {
-    m.name: m for m in (CAM(), GradCAM(), GradCAMPlusPlus(), SmoothGradCAMPlusPlus(),
-                        XGradCAM(), LayerCAM(), ScoreCAM(), HiResCAM(), EigenCAM())
-}
+class ShapleyCAM(CAMMethod):
+    """ShapleyCAM (Cai et al., 2025): gradient and Hessian-vector product.
+    map = ReLU(sum_k mean_ij(g_k - H A / 2)_k A_k), H the Hessian of y in A.
+
+    The shared backward is taken with a graph, and differentiated once more
+    with ``A`` as the vector; for a GAP + linear head (or anything piecewise
+    linear after the CAM layer) ``H A = 0`` and ShapleyCAM is Grad-CAM.  The
+    target is the raw logit, pytorch-grad-cam's default target."""
+    name = "shapleycam"
+    needs_gradients = True
+    uses_gradients = True
+
+    def pass_needs(self, model: CAMModel) -> PassNeeds:
+        return PassNeeds(gradients=True, create_graph=True)
+
+    def prepare(self, inputs):
+        inputs.extra[id(self)] = inputs.shared.hessian_product(inputs.grads)
+
+    def channel_weights(self, inputs):
+        return (inputs.gradients - 0.5 * inputs.extra[id(self)]).mean((2, 3))
 
 
-def parse_methods(spec: str | Sequence[str]) -> list[str]:
-    """``"cam,gradcam"``, ``["cam", "gradcam"]`` or ``"all"`` -> method names,
-    in the given order, without repeats."""
-    parts = spec.split(",") if isinstance(spec, str) else list(spec)
-    names: list[str] = []
-    for part in parts:
-        if not isinstance(part, str):
-            raise ValueError(f"CAM method names must be strings, got {part!r}")
-        for name in part.split(","):
-            name = name.strip()
-            if not name:
-                continue
-            expanded = list(CAM_METHODS) if name == "all" else [name]
-            for n in expanded:
-                if n not in CAM_METHODS:
-                    raise ValueError(f"unknown CAM method {n!r}; known methods: "
-                                     f"{', '.join(CAM_METHODS)} (or 'all')")
-                if n not in names:
-                    names.append(n)
-    if not names:
-        raise ValueError(f"no CAM method given; known methods: {', '.join(CAM_METHODS)}")
-    return names
+class FinerCAM(CAMMethod):
+    """Finer-CAM (Zhang et al., CVPR 2025): Grad-CAM of the target minus similar classes.
+    map = ReLU(sum_k mean_ij(ds/dA_k) A_k),
+    s = sum_j p_j (y_c - alpha y_j) / (sum_j p_j + 1e-9),
 
+    ``j`` running over the classes at ranks ``comparison_ranks`` when sorted by
+    ``|y_j - y_c|`` (rank 0 is the target itself), ``p`` the branch's
+    probabilities (softmax on the softmax branch, as pytorch-grad-cam; sigmoid
+    on the sigmoid branch), differentiated through ``p`` too, as the library
+    does.  Its backward runs through the shared forward."""
+    name = "finercam"
+    needs_gradients = True
+    uses_gradients = True
 
-def resolve_methods(methods: str | CAMMethod | Sequence[str | CAMMethod]) -> list[CAMMethod]:
-    """Method instances from names (their default settings), instances, a
-    comma-separated string or "all"; one per name, in order."""
-    if isinstance(methods, (str, CAMMethod)):
-        methods = [methods]
-    chosen: list[CAMMethod] = []
-    for method in methods:
-        found = [method] if isinstance(method, CAMMethod) else \
-            [CAM_METHODS[n] for n in parse_methods(method)]
-        for m in found:
-            if all(c.name != m.name for c in chosen):
-                chosen.append(m)
-    if not chosen:
-        raise ValueError(f"no CAM method given; known methods: {', '.join(CAM_METHODS)}")
-    return chosen
+    def __init__(self, alpha: float = 1.0, comparison_ranks: tuple[int, ...] = (1, 2, 3)):
+        if not comparison_ranks or min(comparison_ranks) < 1:
+            raise ValueError(f"Finer-CAM compares with classes of rank >= 1, got "
+                             f"{comparison_ranks}")
+        self.alpha, self.comparison_ranks = float(alpha), tuple(int(r) for r in comparison_ranks)
+
+    def prepare(self, inputs):
+        with torch.enable_grad():
+            logits = inputs.shared.logits(inputs.branch).float()
+        targets = inputs.targets[:, None]
+        with torch.no_grad():
+            distance = (logits - logits.gather(1, targets)).abs()
+            distance.scatter_(1, targets, -1.0)  # the target first, whatever ties
+            order = distance.argsort(dim=1, stable=True)
+            ranks = [r for r in self.comparison_ranks if r < logits.shape[1]]
+            compared = order[:, ranks]
+        if not ranks:
+            raise ValueError(f"Finer-CAM needs at least 2 classes, the model has "
+                             f"{logits.shape[1]}")
+        with torch.enable_grad():  # in the shared forward's graph
+            probability = (logits.sigmoid() if branch_rule(inputs.branch).probability ==
+                           "sigmoid" else logits.softmax(1)).gather(1, compared)
+            target = logits.gather(1, targets)
+            score = (probability * (target - self.alpha * logits.gather(1, compared))).sum(1) / (
+                probability.sum(1) + 1e-9)
+        inputs.extra[id(self)] = inputs.shared.gradients(score.sum(), cam_only=True).cam
+
+    def channel_weights(self, inputs):
+        return inputs.extra[id(self)].mean((2, 3))

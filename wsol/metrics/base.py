@@ -116,6 +116,7 @@ class EvalContext:
     seed_threshold: float = 0.21
     fidelity: bool = False
     fidelity_steps: int = 0
+    fidelity_road: bool = False
     fidelity_scorer: Callable | None = None   # masked images -> log-probabilities (a model)
     executor: Any = None                      # threads shared by the box evaluators
     resize_length: int = 224

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from wsol.data.metadata import GroundTruth
+from wsol.data.metadata import GroundTruth, get_bounding_boxes, get_image_sizes
 from wsol.metrics import _box_kernels as kernels
 from wsol.metrics.base import EvalContext, Evaluator, MapBatch
 from wsol.metrics.bootstrap import proportion_samples
@@ -136,6 +136,8 @@ class BoxEvaluator(LocalizationEvaluator):
         self._index = ({image_id: i for i, image_id in enumerate(self.ground_truth.image_ids)}
                        if per_image else {})
         self._counts = self._zero()
+        self._original_bboxes: dict | None = None
+        self._image_sizes: dict | None = None
 
     def _zero(self) -> dict[str, np.ndarray]:
         counts = zero_counts(self._settings)
@@ -185,6 +187,25 @@ class BoxEvaluator(LocalizationEvaluator):
     def gt_bboxes(self) -> dict[str, np.ndarray]:
         """GT boxes of each image at the evaluation size (wsolevaluation's name)."""
         return self.ground_truth.boxes
+
+    @property
+    def original_bboxes(self) -> dict[str, list[list[float]]]:
+        """GT boxes of each image as the metadata gives them (wsolevaluation's name)."""
+        if self._original_bboxes is None:
+            self._original_bboxes = get_bounding_boxes(self.metadata)
+        return self._original_bboxes
+
+    @property
+    def image_sizes(self) -> dict[str, tuple[int, int]]:
+        """``(width, height)`` of each original image (wsolevaluation's name)."""
+        if self._image_sizes is None:
+            self._image_sizes = get_image_sizes(self.metadata)
+        return self._image_sizes
+
+    @property
+    def image_ids(self) -> list[str]:
+        """The split's image ids (wsolevaluation's name)."""
+        return self.ground_truth.image_ids
 
     # -- accumulation ----------------------------------------------------------
     def _check_image_id(self, image_id: str) -> None:

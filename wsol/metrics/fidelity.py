@@ -13,6 +13,11 @@
   copy of the image (Gaussian, kernel 11, sigma 5, as RISE) and puts the
   original pixels back.  Both baselines can be changed.  Ties in saliency
   are broken by pixel index (a stable sort), so results are deterministic.
+* ROAD (``road``; :mod:`wsol.metrics.road`): the class probability after
+  removing the most (MoRF) / least (LeRF) relevant pixels and imputing them,
+  minus the image's, averaged over the percentiles 10..90; ROAD =
+  (LeRF - MoRF) / 2.  Each image's imputation noise is seeded by the run's
+  seed and the image id, so it does not depend on batches or processes.
 
 One :class:`FidelityEvaluator` per (CAM method, branch) accumulates the
 per-image values; ``compute()`` gives the four numbers.  In a run it follows
@@ -22,6 +27,7 @@ batch's masked images with the run's ``scorer`` (the model).
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Callable
 
 import numpy as np
@@ -29,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from wsol.metrics.base import EvalContext, Evaluator, MapBatch
+from wsol.metrics.road import road_scores
 
 __all__ = ["FidelityEvaluator", "masked_images", "insertion_deletion_auc",
            "gaussian_blur"]
@@ -155,23 +162,27 @@ class FidelityEvaluator(Evaluator):
     """
 
     KEYS = ("drop_sum", "num_increase", "num_confidence", "insertion_sum", "deletion_sum",
-            "num_auc", "num_invalid")
+            "num_auc", "num_invalid", "morf_sum", "lerf_sum", "num_road")
 
     # Per image (image_ids given: for the bootstrap): drop, increase, valid,
-    # insertion, deletion, AUC measured.
-    IMAGE_KEYS = ("drop", "increase", "valid", "insertion", "deletion", "auc")
+    # insertion, deletion, AUC measured, MoRF, LeRF, ROAD measured.
+    IMAGE_KEYS = ("drop", "increase", "valid", "insertion", "deletion", "auc",
+                  "morf", "lerf", "road")
 
     def __init__(self, scorer: Scorer | None = None, steps: int = 0,
-                 image_ids: list[str] | None = None) -> None:
+                 image_ids: list[str] | None = None, road: bool = False,
+                 seed: int = 0) -> None:
         self.scorer = scorer  # needed by process()
         self.steps = int(steps)  # > 0: insertion/deletion AUC in this many steps
+        self.road, self.seed = bool(road), int(seed)
         self._index = {image_id: i for i, image_id in enumerate(image_ids or ())}
         self.reset()
 
     @classmethod
     def for_run(cls, context: EvalContext) -> "FidelityEvaluator":
         return cls(context.fidelity_scorer, context.fidelity_steps,
-                   list(context.image_ids) if context.bootstrap > 0 else None)
+                   list(context.image_ids) if context.bootstrap > 0 else None,
+                   road=context.fidelity_road, seed=context.seed)
 
     # -- the evaluator protocol (wsol.metrics.base) -------------------------------
     def reset(self) -> None:
@@ -192,29 +203,46 @@ class FidelityEvaluator(Evaluator):
         index = inputs.classes[:, None]
         full = inputs.logits.double().log_softmax(1).gather(1, index)[:, 0]
         masked = self.scorer(masked_images(images, saliency), inputs.key).gather(1, index)[:, 0]
-        per_image = [*self.accumulate(full, masked, log_space=True)]
+        drop, increase, valid = self.accumulate(full, masked, log_space=True)
+        per_image = {"drop": drop, "increase": increase, "valid": valid}
+        probabilities = lambda x: self.scorer(x, inputs.key).exp()  # noqa: E731
         if self.steps > 0:
-            auc = insertion_deletion_auc(lambda x: self.scorer(x, inputs.key).exp(), images,
-                                         saliency, inputs.classes, steps=self.steps)
+            auc = insertion_deletion_auc(probabilities, images, saliency, inputs.classes,
+                                         steps=self.steps)
             self.accumulate_auc(auc["insertion"], auc["deletion"])
-            per_image += [auc["insertion"], auc["deletion"], torch.ones_like(full)]
+            per_image.update(insertion=auc["insertion"], deletion=auc["deletion"],
+                             auc=torch.ones_like(full))
+        if self.road:
+            generators = [torch.Generator().manual_seed(
+                (self.seed * 1_000_003 + zlib.crc32(str(i).encode())) % 2 ** 63)
+                for i in batch.image_ids]
+            road = road_scores(probabilities, images, saliency, inputs.classes, full.exp(),
+                               generators)
+            self._add(full.device, morf_sum=road["MoRF"].sum(), lerf_sum=road["LeRF"].sum(),
+                      num_road=road["MoRF"].numel())
+            per_image.update(morf=road["MoRF"], lerf=road["LeRF"], road=torch.ones_like(full))
         if self.image_values is not None:
             rows = [self._index[i] for i in batch.image_ids]
-            values = torch.stack([v.double().to(full.device) for v in per_image], 1)
-            self.image_values[rows, :values.shape[1]] = values.cpu().numpy()
+            for key, value in per_image.items():
+                column = self.IMAGE_KEYS.index(key)
+                self.image_values[rows, column] = value.double().cpu().numpy()
 
     def bootstrap_samples(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         """The fidelity metrics of each resample (``weights``: ``[R, images]``)."""
         if self.image_values is None:
             raise RuntimeError("per-image results were not kept: pass image_ids")
-        drop, increase, valid, insertion, deletion, auc = self.image_values.T
+        drop, increase, valid, insertion, deletion, auc, morf, lerf, road = self.image_values.T
         w = weights.astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
-            counted, measured = w @ valid, w @ auc
-            return {"Average Drop": 100.0 * (w @ (drop * valid)) / counted,
-                    "Increase in Confidence": 100.0 * (w @ (increase * valid)) / counted,
-                    "Insertion AUC": (w @ insertion) / measured,
-                    "Deletion AUC": (w @ deletion) / measured}
+            counted, measured, roads = w @ valid, w @ auc, w @ road
+            samples = {"Average Drop": 100.0 * (w @ (drop * valid)) / counted,
+                       "Increase in Confidence": 100.0 * (w @ (increase * valid)) / counted,
+                       "Insertion AUC": (w @ insertion) / measured,
+                       "Deletion AUC": (w @ deletion) / measured}
+            if self.road:
+                samples.update({"ROAD MoRF": (w @ morf) / roads, "ROAD LeRF": (w @ lerf) / roads,
+                                "ROAD": (w @ (lerf - morf)) / (2 * roads)})
+            return samples
 
     def evaluate(self) -> dict[str, float]:
         return self.compute()
@@ -292,15 +320,22 @@ class FidelityEvaluator(Evaluator):
 
     def compute(self) -> dict[str, float]:
         """Average Drop and Increase in Confidence in percent, mean insertion
-        and deletion AUC in [0, 1]; NaN for what was never accumulated."""
+        and deletion AUC in [0, 1], with ``road`` ROAD MoRF / LeRF / ROAD
+        (probability differences); NaN for what was never accumulated."""
         nan = math.nan
         state = self.totals()
-        n, m = state["num_confidence"], state["num_auc"]
+        n, m, r = state["num_confidence"], state["num_auc"], state["num_road"]
+        road = {}
+        if self.road:
+            road = {"ROAD MoRF": state["morf_sum"] / r if r else nan,
+                    "ROAD LeRF": state["lerf_sum"] / r if r else nan,
+                    "ROAD": (state["lerf_sum"] - state["morf_sum"]) / (2 * r) if r else nan}
         return {
             "Average Drop": 100.0 * state["drop_sum"] / n if n else nan,
             "Increase in Confidence": 100.0 * state["num_increase"] / n if n else nan,
             "Insertion AUC": state["insertion_sum"] / m if m else nan,
             "Deletion AUC": state["deletion_sum"] / m if m else nan,
+            **road,
             "num_images": n,
             "num_auc_images": m,
             "num_invalid_scores": state["num_invalid"],

@@ -133,7 +133,8 @@ class Experiment:
             except OSError as error:  # a read-only or foreign folder: nothing was written
                 raise write_failure("into the experiment folder", self.folder, error) from None
             try:
-                configure_logging(self.folder)
+                configure_logging(self.folder, logging.DEBUG if self.settings.runtime.debug
+                                  else logging.INFO)
             except OSError as error:
                 raise write_failure("the log", os.path.join(self.folder, "log.log"),
                                     error) from None

@@ -26,6 +26,7 @@ from wsol.runtime.distributed import DistContext
 from wsol.runtime.experiment import INTERRUPTED, checkpoint_path, resume_candidates
 from wsol.runtime.interruption import Interrupted, StopSignals
 from wsol.runtime.seeding import rng_state, set_rng_state
+from wsol.wsol_methods import batch_augment
 from wsol.runtime.tracking import Tracker
 from wsol.runtime.training import (EpochProgress, OptimConfig, build_optimizer, build_scheduler,
                                    lr_schedule, recam_groups, train_one_epoch)
@@ -61,6 +62,11 @@ class Trainer:
         # None: the head alone is the classifier part (ReCAM's "newly added" group).
         self.rule = spec.lr_rule if settings.optim.lr_groups == "published" else None
         self.optimizer = build_optimizer(model, self.cfg, self.rule, self.groups)
+        w = settings.wsol
+        self.augment = batch_augment(
+            w.method, has_grid_size=w.has_grid_size, has_drop_rate=w.has_drop_rate,
+            cutmix_beta=w.cutmix_beta, cutmix_prob=w.cutmix_prob,
+            seed=settings.choices.seed, rank=ctx.rank)
 
     # -- the run ---------------------------------------------------------------
     def fit(self) -> None:
@@ -74,8 +80,10 @@ class Trainer:
         first_epoch, position = 1, None
         if settings.runtime.resume:
             first_epoch, position = self.resume()
-        log.info("training %s (%s) for epochs %d..%d on %d images", settings.model.network,
-                 settings.model.model_structure, first_epoch, epochs, len(loader.dataset))
+        log.info("training %s (%s%s) for epochs %d..%d on %d images", settings.model.network,
+                 settings.model.model_structure,
+                 "" if settings.wsol.method == "cam" else f", --wsol_method {settings.wsol.method}",
+                 first_epoch, epochs, len(loader.dataset))
         forward = model
         if ctx.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -100,7 +108,8 @@ class Trainer:
                     show_progress=sys.stderr.isatty() and ctx.is_main, forward=forward,
                     accel=self.accel, start=position, stop=lambda: self._agreed(signals.received),
                     recam_weight=settings.optim.recam_weight if settings.model.recam else None,
-                    step_scheduler=self.scheduler.step if self.scheduler.per_step else None)
+                    step_scheduler=self.scheduler.step if self.scheduler.per_step else None,
+                    augment=self.augment)
                 position = None
                 if stats is None:
                     raise self._preempted(epoch, done, steps, epoch_start, signals)

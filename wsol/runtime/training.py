@@ -26,6 +26,7 @@ from wsol.architectures import LRRule
 from wsol.errors import UserError
 from wsol.dual_branch import SIGMOID_BRANCH, training_loss
 from wsol.recam import multi_hot, reactivation_loss
+from wsol.wsol_methods import BatchMix
 from wsol.model import CAMModel
 from wsol.runtime.acceleration import Acceleration, autocast, to_device
 from wsol.runtime.progress import progress
@@ -209,7 +210,8 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
                     start: EpochProgress | None = None,
                     stop: Callable[[], bool] | None = None,
                     recam_weight: float | None = None,
-                    step_scheduler: Callable[[], None] | None = None
+                    step_scheduler: Callable[[], None] | None = None,
+                    augment: Callable[..., BatchMix] | None = None
                     ) -> tuple[dict[str, float] | None, EpochProgress]:
     """One pass over ``loader`` with :func:`wsol.dual_branch.training_loss`.
 
@@ -232,7 +234,9 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
     ``recam_weight``: add ReCAM's SCE term (:func:`wsol.recam.reactivation_loss`)
     times this weight; the model needs its re-activation head.
     ``step_scheduler``: called after every optimisation step (a per-step
-    learning-rate schedule, e.g. ReCAM's poly).  Multi-label labels
+    learning-rate schedule, e.g. ReCAM's poly).  ``augment``: a WSOL method's
+    batch augmentation (:func:`wsol.wsol_methods.batch_augment`; CutMix's loss
+    mixes the two label sets' losses).  Multi-label labels
     (multi-hot [B, C]) count a hit when the top class is one of the image's.
     """
     forward = forward or model
@@ -253,7 +257,8 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
     try:
         batch, seen, stopped = _epoch_steps(
             model, loader, optimizer, device, epoch, show_progress, forward, accel, stop,
-            recam_weight, step_scheduler, captured, total_loss, correct, first_bad, batch, seen)
+            recam_weight, step_scheduler, captured, total_loss, correct, first_bad, batch, seen,
+            augment)
     finally:
         if hook is not None:
             hook.remove()
@@ -280,7 +285,7 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
 
 def _epoch_steps(model, loader, optimizer, device, epoch, show_progress, forward, accel,
                  stop, recam_weight, step_scheduler, captured, total_loss, correct,
-                 first_bad, batch, seen) -> tuple[int, int, bool]:
+                 first_bad, batch, seen, augment=None) -> tuple[int, int, bool]:
     """The optimisation steps of :func:`train_one_epoch` (its sums are updated
     in place); returns (batches done, images seen, stopped early)."""
     dual = model.is_dual
@@ -291,10 +296,15 @@ def _epoch_steps(model, loader, optimizer, device, epoch, show_progress, forward
             continue
         images = to_device(images, device, accel)
         labels = labels.to(device, non_blocking=True)
+        mix = None if augment is None else augment(images, labels, epoch, batch)
+        if mix is not None:
+            images = mix.images
         with autocast(device, accel):
             out = forward(images)
         scores = out["logits_sigmoid"] if dual else out["logits"]
         loss = training_loss(out, labels, joint)
+        if mix is not None and mix.labels_b is not None:  # CutMix: both images' labels
+            loss = mix.lam * loss + (1.0 - mix.lam) * training_loss(out, mix.labels_b, joint)
         if recam_weight is not None:
             features = model.resolve_layout(captured["A"].shape,
                                             images.shape[-2:]).to_nchw(captured["A"])
