@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from wsol.replay import REPLAYS
+from wsol.results import format_p
 
 DATASET_ORDER = ("ILSVRC", "CUB", "OpenImages", "CARS", "SYNTH")
 DATASET_NAMES = {"ILSVRC": "ImageNet-1K (ILSVRC)", "CUB": "CUB-200-2011",
@@ -562,9 +563,11 @@ def wsol_table(files: Sequence[str]) -> str:
                     metric, {"method": "cam", "branch": "sigmoid"},
                     {"method": "cam", "branch": "softmax"}) and (dataset, backbone, wsol) in cells:
                 cells[(dataset, backbone, wsol)]["paired"] = pair
+                cells[(dataset, backbone, wsol)]["resamples"] = (
+                    results.get("bootstrap") or {}).get("resamples")
     order = ("cam", "has", "acol", "spg", "adl", "cutmix")
     lines = ["| dataset | backbone | method | metric | published | vanilla (softmax) | "
-             "+ sigmoid branch | difference (95% interval, p) |",
+             "+ sigmoid branch | difference (95% interval) p |",
              "|---|---|---|---|---|---|---|---|"]
     for (dataset, backbone, wsol), cell in sorted(
             cells.items(), key=lambda kv: (_order(kv[0][0], DATASET_ORDER),
@@ -577,8 +580,7 @@ def wsol_table(files: Sequence[str]) -> str:
         pair = cell.get("paired")
         if diff is not None and pair and pair.get("ci95"):
             lo, hi = pair["ci95"]
-            p_text = "< 0.001" if pair["p"] < 0.001 else f"{pair['p']:.3f}"
-            text += f" ({lo:+.2f} to {hi:+.2f}, p {p_text})"
+            text += f" ({lo:+.2f} to {hi:+.2f}) {format_p(pair['p'], cell.get('resamples'))}"
         lines.append(f"| {dataset} | {BACKBONE_NAMES.get(backbone, backbone)} | {wsol} | "
                      f"{cell['metric']} | {_fmt(published, digits=1)} | {_fmt(vanilla)} | "
                      f"{_fmt(sigmoid)} | {text} |")

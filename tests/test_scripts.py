@@ -656,6 +656,6 @@ def test_wsol_table_beside_wsolevaluations_numbers(tmp_path):
                "p": 0.012}]
     path.write_text(json.dumps({"rows": rows, "dataset": "CUB", "architecture": "resnet50",
                                 "wsol_method": "cutmix", "paired": paired}))
-    assert "| +2.50 (+0.50 to +4.25, p 0.012) |" in make_tables.wsol_table([str(path)])
+    assert "| +2.50 (+0.50 to +4.25) p=0.012 |" in make_tables.wsol_table([str(path)])
     # In the main tables another WSOL method is another row, never a conflict with CAM's.
     assert make_tables.protocol_of({"wsol_method": "cutmix"}) == "wsol_method cutmix"

@@ -18,7 +18,7 @@ from wsol.errors import write_failure
 
 __all__ = ["TABLE_COLUMNS", "format_table", "json_ready", "write_json", "read_json", "run_record",
            "branch_row", "row_clamp_rule", "row_branch_label", "evaluation_record",
-           "results_path", "format_results", "format_paired"]
+           "results_path", "format_results", "format_paired", "format_p"]
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _cell(value: Any, interval: Sequence[float] | None = None) -> str:
     return f"{value:.2f}"
 
 
-def _p_value(p: float, resamples: int | None) -> str:
+def format_p(p: float, resamples: int | None) -> str:
     """A p-value as the resamples can tell it: none crossing zero is p < 2 / R."""
     if p == 0 and resamples:
         return f"p<{2 / resamples:.3g}"
@@ -142,7 +142,7 @@ def format_paired(results: dict, box_column: str = "MaxBoxAccV2") -> str:
             ci = pair and pair.get("ci95")
             line.append("-" if not ci else
                         f"{pair['diff']:+.2f} ({ci[0]:+.2f} to {ci[1]:+.2f}) "
-                        f"{_p_value(pair['p'], resamples)}")
+                        f"{format_p(pair['p'], resamples)}")
         lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
