@@ -37,8 +37,9 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
+from wsol.data.datasets import DATASETS
 from wsol.replay import REPLAYS
 from wsol.results import format_p
 
@@ -238,9 +239,9 @@ def _row_values(row: dict, results: dict) -> dict:
     return values
 
 
-def collect(files: Sequence[str], warn=print) -> list[TableRow]:
-    """Table rows from results files; the newest file wins a contested cell."""
-    rows: dict[tuple, TableRow] = {}
+def read_results(files: Sequence[str], warn=print) -> Iterator[tuple[str, dict]]:
+    """(path, results) of each readable results_<split>.json of main.py; a
+    warning for the others."""
     for path in files:
         try:
             with open(path) as f:
@@ -251,6 +252,13 @@ def collect(files: Sequence[str], warn=print) -> list[TableRow]:
         if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
             warn(f"warning: skipping {path}: not a results_<split>.json of main.py")
             continue
+        yield path, results
+
+
+def collect(files: Sequence[str], warn=print) -> list[TableRow]:
+    """Table rows from results files; the newest file wins a contested cell."""
+    rows: dict[tuple, TableRow] = {}
+    for path, results in read_results(files, warn):
         mtime = os.path.getmtime(path)
         experiment = results.get("experiment") or os.path.basename(os.path.dirname(path))
         dataset = results.get("dataset", "?")
@@ -542,16 +550,11 @@ def wsol_table(files: Sequence[str]) -> str:
     backbone and WSOL method, the softmax row's and the sigmoid row's CAM
     number beside the published one."""
     cells: dict[tuple, dict] = {}
-    for path in files:
-        try:
-            with open(path) as f:
-                results = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
-            continue
+    for _, results in read_results(files, warn=lambda message: None):  # collect() warned
         dataset = results.get("dataset", "?")
-        metric = "PxAP" if dataset == "OpenImages" else "MaxBoxAccV2"
+        # The dataset table says what its maps are scored with (wsol.data.datasets).
+        scores = DATASETS[dataset].scores if dataset in DATASETS else ("boxes",)
+        metric = "MaxBoxAccV2" if "boxes" in scores else "PxAP"
         backbone = BACKBONE_OF.get(results.get("architecture"), results.get("architecture"))
         wsol = results.get("wsol_method") or "cam"
         for row in results["rows"]:
