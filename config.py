@@ -30,7 +30,7 @@ import sys
 from typing import Any, Iterable, Sequence
 
 from wsol.architectures import (architecture_names, get_spec, import_timm, network_for,
-                                recognise_network)
+                                recognise_network, wsol_network)
 from wsol.cams import CAM_METHODS, parse_methods
 from wsol.data.datasets import DATASETS
 from wsol.errors import UserError
@@ -40,7 +40,7 @@ from wsol.runtime.checkpoint import (RECOGNISED, CheckpointError, check_settings
                                      peek_checkpoint, recorded_settings)
 from wsol.runtime.experiment import checkpoint_path
 from wsol.seeds import SEED_RESIZES
-from wsol.wsol_methods import NOT_BUILT, WSOL_METHODS
+from wsol.wsol_methods import WSOL_METHODS
 from wsol.settings import (CAMSettings, DataSettings, EvalSettings, ModelSettings,
                            OptimSettings, RunSettings, RuntimeSettings, WSOLSettings,
                            read_run_settings)
@@ -390,8 +390,9 @@ _flag(_RECAM, "--seed_threshold", type=float, default=0.21,
 # -- wsolevaluation's WSOL methods -----------------------------------------------------
 _flag(_WSOL, "--wsol_method", default="cam", choices=WSOL_METHODS,
       help="cam: plain training; has: Hide-and-Seek; cutmix: CutMix (both train the CAM "
-           "network, with or without the sigmoid branch); acol, spg, adl: their networks "
-           "are not built yet")
+           "network); acol, spg, adl: their own networks on vgg16, resnet50 and inception_v3 "
+           "(<architecture>_<method>) with their losses; each with or without the sigmoid "
+           "branch (docs/method.md)")
 _flag(_WSOL, "--has_grid_size", type=int, default=4,
       help="Hide-and-Seek: the side of a hidden cell in pixels (wsolevaluation's meaning)")
 _flag(_WSOL, "--has_drop_rate", type=float, default=0.5,
@@ -542,7 +543,11 @@ def build_settings(args: argparse.Namespace, given: set[str] | None = None,
     network_type = args.network_type
     if network_type == "auto":
         network_type = "cam" if "cam" in methods else "gradcam"
-    values["network"] = network_for(args.architecture, network_type)
+    try:
+        values["network"] = wsol_network(network_for(args.architecture, network_type),
+                                          args.wsol_method)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     values["num_classes"] = args.num_classes or dataset.num_classes
     values["model_structure"] = args.model_structure or ("b2" if args.ft_ckpt else "vanilla")
     log_folder = os.path.join(args.root, args.experiment_name)
@@ -563,6 +568,13 @@ def build_settings(args: argparse.Namespace, given: set[str] | None = None,
         name, message = values["architecture"], str(error)
         raise ConfigError(f"--architecture {message}" if message.startswith(name)
                           else f"--architecture {name}: {message}") from None
+    if spec.wsol_method != "cam" and values["wsol_method"] != spec.wsol_method:
+        # A checkpoint recognised by its keys as a WSOL method's network.
+        if "wsol_method" in given:
+            raise ConfigError(f"--wsol_method {values['wsol_method']}: the checkpoint is a "
+                              f"{spec.description} network; drop the flag or use "
+                              f"--wsol_method {spec.wsol_method}")
+        values["wsol_method"] = spec.wsol_method
     _check_flags_apply(dataset, given, values, notes)
     _public_code_flags(values, given, notes)
     settings = RunSettings(
@@ -717,9 +729,10 @@ def _public_code_flags(v: dict, given: set[str], notes: list[str]) -> None:
             notes.append(f"--alpha is Finer-CAM's ({option}); finercam is not among "
                          f"--method {v['method']}")
     method = v["wsol_method"]
-    if method in NOT_BUILT:
-        raise ConfigError(f"--wsol_method {method}: its network is not built here yet; "
-                          f"cam, has and cutmix are")
+    if method in ("acol", "spg") and DATASETS[v["dataset_name"]].multi_label:
+        raise ConfigError(f"--wsol_method {method} trains on one class per image (its "
+                          f"erasing and masks follow that class); {v['dataset_name']} is "
+                          f"multi-label: use cam, has or adl")
     if method == "cutmix" and v["recam"]:
         raise ConfigError("--wsol_method cutmix with --recam: ReCAM's loss takes one label "
                           "set per image; use --wsol_method cam or has")

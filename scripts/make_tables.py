@@ -39,6 +39,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
+from wsol.architectures import CAM_NETWORKS
 from wsol.data.datasets import DATASETS
 from wsol.replay import REPLAYS
 from wsol.results import format_p
@@ -54,7 +55,8 @@ BACKBONE_NAMES = {"vgg16": "VGG16", "resnet50": "ResNet50", "inception_v3": "Inc
                   "vit_b_16": "ViT-B/16", "swin_t": "Swin-T", "convnext_tiny": "ConvNeXt-T"}
 # The paper's networks: the backbone a network belongs to, and which network
 # each backbone uses for CAM and for the gradient methods (docs/reproducing.md).
-BACKBONE_OF = {"vgg16_gradcam": "vgg16", "inception_v3_gradcam": "inception_v3"}
+# The backbone of every network (the Grad-CAM networks, ACoL's, SPG's, ADL's).
+BACKBONE_OF = dict(CAM_NETWORKS)
 PAPER_NETWORK = {("vgg16", "cam"): "vgg16", ("vgg16", "grad"): "vgg16_gradcam",
                  ("resnet50", "cam"): "resnet50", ("resnet50", "grad"): "resnet50",
                  ("inception_v3", "cam"): "inception_v3",

@@ -51,7 +51,8 @@ try:
     import config  # the command line's flags, at the top level
 except ImportError:
     sys.exit("run it from the repository root: python -m scripts.run_experiments")
-from wsol.architectures import ARCHITECTURES, network_for
+from wsol.architectures import ARCHITECTURES, network_for, wsol_network
+from wsol.wsol_methods import WSOL_METHODS
 from wsol.errors import UserError
 from wsol.runtime.experiment import checkpoint_path
 
@@ -121,9 +122,14 @@ PLANS = {
         ("inception_v3", "cam"): Recipe(3e-4), ("inception_v3", "gradcam"): Recipe(3e-4)},
         TABLE2_METHODS),
     # The CPU demo of main.py (python main.py): one ResNet18 serves both families.
-    "SYNTH": DatasetPlan(1, 4, {("resnet18", "cam"): Recipe(0.02, large_feature_map=True)},
+    # ResNet50 (--architectures resnet50: the WSOL methods' backbone) takes its lrs at
+    # stride 16: ACoL's and SPG's 1024-channel heads on 8x8 maps would cost ten times the
+    # backbone on the CPU.
+    "SYNTH": DatasetPlan(1, 4, {("resnet18", "cam"): Recipe(0.02, large_feature_map=True),
+                                ("resnet50", "cam"): Recipe(0.02)},
                          {"cam": ("cam", "gradcam")},
-                         vanilla={("resnet18", "cam"): Recipe(0.05, large_feature_map=True)},
+                         vanilla={("resnet18", "cam"): Recipe(0.05, large_feature_map=True),
+                                  ("resnet50", "cam"): Recipe(0.05)},
                          vanilla_epochs=3, vanilla_decay=3, backbones=("resnet18",),
                          extra=("--resize_size", "72", "--crop_size", "64"))}
 # The demo trains its vanilla model with every layer at --lr, at batch 16.
@@ -162,6 +168,8 @@ def experiment_name(dataset: str, backbone: str, family: str | None = None,
     fine-tuning serves both families); ``<dataset>_<network>_vanilla``; a WSOL
     method other than CAM before the last part (``CUB_resnet50_has_vanilla``)."""
     method = "" if wsol_method == "cam" else f"_{wsol_method}"
+    if network is not None and network.endswith(method):  # vgg16_acol: named already
+        method = ""
     if network is not None:
         return f"{dataset}_{network}{method}_vanilla"
     return (f"{dataset}_{backbone}_{family}{method}_b2" if family
@@ -206,7 +214,8 @@ def _common(args, dataset: str, backbone: str, recipe: Recipe) -> list[str]:
     return argv
 
 
-def _groups(plan: DatasetPlan, backbones: Sequence[str], methods: Sequence[str]) -> list:
+def _groups(plan: DatasetPlan, backbones: Sequence[str], methods: Sequence[str],
+            wsol_method: str = "cam") -> list:
     """(backbone, family, network, recipe, methods) of every fine-tuning, one
     per family, or one for both when they are the same network and recipe."""
     runs = []
@@ -222,7 +231,10 @@ def _groups(plan: DatasetPlan, backbones: Sequence[str], methods: Sequence[str])
                 known = sorted({b for b, _ in plan.finetune})
                 raise PlanError(f"no recipe for {backbone} (recipes exist for "
                                 f"{', '.join(known)}): pass --lr")
-            network = network_for(backbone, family)
+            try:  # ACoL, SPG, ADL: their own network, whatever the family
+                network = wsol_network(network_for(backbone, family), wsol_method)
+            except ValueError as error:
+                raise PlanError(str(error)) from None
             key = (network, recipe.lr, recipe.large_feature_map, recipe.weight_decay)
             if key in merged:
                 merged[key][1] = None  # one run serves both families
@@ -253,7 +265,8 @@ def build_plan(args, extra: Sequence[str] = ()) -> list[Step]:
     steps: list[Step] = []
     trained_vanilla: dict[str, str] = {}
     # family None: one fine-tuning serves both families (the same network and recipe).
-    for backbone, family, network, recipe, run_methods in _groups(plan, backbones, methods):
+    for backbone, family, network, recipe, run_methods in _groups(plan, backbones, methods,
+                                                                  args.wsol_method):
         vanilla, vanilla_steps = _vanilla(args, plan, backbone, family or "cam", network,
                                           vanilla_paths, pretrained_paths, trained_vanilla,
                                           extra)
@@ -513,10 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where vanilla checkpoints not given by --vanilla are looked for")
     p.add_argument("--vanilla_pattern", default="{dataset}_{architecture}_vanilla.pth.tar",
                    help="their file names inside --vanilla_dir")
-    p.add_argument("--wsol_method", default="cam", choices=("cam", "has", "cutmix"),
+    p.add_argument("--wsol_method", default="cam", choices=WSOL_METHODS,
                    help="wsolevaluation's training method of the vanilla model and the "
                         "fine-tuning (its flags' defaults; docs/method.md); other than cam, "
-                        "the vanilla model is trained unless --vanilla gives it")
+                        "the vanilla model is trained unless --vanilla gives it; acol, spg "
+                        "and adl train their own networks (vgg16, resnet50, inception_v3)")
     p.add_argument("--train_vanilla", action="store_true",
                    help="train the vanilla models (from --pretrained) instead of using "
                         "released ones; always so for CARS and SYNTH")

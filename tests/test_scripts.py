@@ -632,6 +632,10 @@ def test_wsol_methods_script_plans_each_method_vanilla_and_b2(tmp_path):
     assert "CUB_resnet50_has_vanilla: vanilla  # not published: lr 1e-3 stands in" in out
     assert "CUB_resnet50_cutmix_vanilla: vanilla" in out
     assert "CUB_resnet50_vanilla: vanilla" not in out
+    # ACoL, SPG, ADL: their own networks, trained and fine-tuned with the method.
+    for method in ("acol", "spg", "adl"):
+        assert f"CUB_resnet50_{method}_vanilla: vanilla  # not published" in out
+        assert out.count(f"CUB_resnet50_cam_{method}_b2: finetune") == 1
     steps = plan(["--dataset", "CUB", "--architectures", "resnet50", "--wsol_method", "has",
                   "--data_root", str(tmp_path / "dataset")])
     assert [s.kind for s in steps] == ["vanilla", "finetune", "evaluate"]

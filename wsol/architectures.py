@@ -25,23 +25,25 @@ initialisation of the branch.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torchvision
-from torchvision.models import inception as tv_inception
 
+from wsol import wsol_networks as wn
+from wsol.backbones import (InceptionCam, VggCam, VggGradCam, init_weights,  # noqa: F401
+                            resnet_cam)
 from wsol.dual_branch import normal_branch_init
 from wsol.model import CAMModel
 from wsol.protocol import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ArchitectureSpec", "LRRule", "ARCHITECTURES", "GRADCAM_NETWORKS",
            "architecture_names", "get_spec", "build_architecture", "build_cam_model",
-           "network_for", "recognise_network", "import_timm"]
+           "network_for", "wsol_network", "WSOL_NETWORKS", "recognise_network", "import_timm"]
 
 
 @dataclass(frozen=True)
@@ -98,161 +100,17 @@ class ArchitectureSpec:
     pretrained_keys: Callable[[dict, nn.Module], dict] | None = field(default=None, repr=False)
     fresh_layers: tuple[str, ...] = ()       # layers ImageNet weights do not have
     needs_timm: bool = False
-    # Top-level modules only this network has among the networks of its
-    # backbone: how a checkpoint that records only the backbone's name is
-    # told apart (recognise_network).
+    # Top-level modules that tell this network apart from the others of its
+    # backbone (ADL's networks have the CAM network's: their keys cannot be told
+    # apart by top-level modules): how a checkpoint that records only the
+    # backbone's name is recognised (recognise_network).
     signature: tuple[str, ...] = ()
     # RefineCAM's default layers: the CAM layer and the two stages before it.
     refine_layers: tuple[str, ...] = ()
-
-
-# ---------------------------------------------------------------------------
-# wsolevaluation's CAM networks
-# ---------------------------------------------------------------------------
-def _set_stride_one(block: nn.Module) -> None:
-    """Make the first block of a torchvision ResNet stage keep the resolution."""
-    bottleneck = isinstance(block, torchvision.models.resnet.Bottleneck)
-    strided = block.conv2 if bottleneck else block.conv1
-    strided.stride = (1, 1)
-    if block.downsample is not None:
-        block.downsample[0].stride = (1, 1)
-
-
-def resnet_cam(depth: int, num_classes: int, large_feature_map: bool = False) -> nn.Module:
-    """ResNet-CAM: layer4 at stride 1 (14x14 maps at 224 px); with
-    ``large_feature_map`` layer3 too (28x28), as in wsolevaluation."""
-    model = {18: torchvision.models.resnet18,
-             50: torchvision.models.resnet50}[depth](weights=None, num_classes=num_classes)
-    _set_stride_one(model.layer4[0])
-    if large_feature_map:
-        _set_stride_one(model.layer3[0])
-    return model
-
-
-_VGG_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
-
-
-def _vgg_features(large_feature_map: bool) -> nn.Sequential:
-    """VGG16's 13 convolutions without the last max-pool (14x14 at 224 px);
-    ``large_feature_map`` also drops the fourth (28x28)."""
-    cfg = list(_VGG_CFG)
-    if large_feature_map:
-        del cfg[13]
-    layers: list[nn.Module] = []
-    in_channels = 3
-    for v in cfg:
-        if v == "M":
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-        else:
-            layers += [nn.Conv2d(in_channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
-            in_channels = v
-    return nn.Sequential(*layers)
-
-
-def _he_init(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
-
-
-class VggCam(nn.Module):
-    """VGG16 convolutions, conv6 (512->1024) + ReLU, GAP and ``fc``."""
-
-    def __init__(self, num_classes: int = 1000, large_feature_map: bool = False):
-        super().__init__()
-        self.features = _vgg_features(large_feature_map)
-        self.conv6 = nn.Conv2d(512, 1024, kernel_size=3, padding=1)
-        self.relu = nn.ReLU(inplace=False)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(1024, num_classes)
-        _he_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.conv6(self.features(x)))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-class VggGradCam(nn.Module):
-    """The public code's Grad-CAM VGG16: torchvision's VGG16 without its last
-    max-pool, adaptive average pooling to 7x7 and the MLP ``classifier``."""
-
-    def __init__(self, num_classes: int = 1000, large_feature_map: bool = False,
-                 dropout: float = 0.5):
-        super().__init__()
-        self.features = _vgg_features(large_feature_map)
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-        self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(p=dropout),
-            nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(p=dropout),
-            nn.Linear(4096, num_classes))
-        _he_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
-class _InceptionB(tv_inception.InceptionB):
-    """Mixed_6a of the SPG/wsolevaluation variant: stride 1, padding 1."""
-
-    def __init__(self, in_channels: int):
-        super().__init__(in_channels)
-        for conv in (self.branch3x3.conv, self.branch3x3dbl_3.conv):
-            conv.stride, conv.padding = (1, 1), (1, 1)
-
-    def _forward(self, x):
-        return [self.branch3x3(x),
-                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                F.max_pool2d(x, kernel_size=3, stride=1, padding=1)]
-
-
-class InceptionCam(nn.Module):
-    """InceptionV3 up to Mixed_6e, two 3x3 convs to 1024 channels
-    (``SPG_A3_1b``, ``SPG_A3_2b``), a 1x1 conv to the classes (``SPG_A4``) and GAP."""
-
-    def __init__(self, num_classes: int = 1000, large_feature_map: bool = False):
-        super().__init__()
-        conv = tv_inception.BasicConv2d
-        self.large_feature_map = large_feature_map
-        self.Conv2d_1a_3x3 = conv(3, 32, kernel_size=3, stride=2, padding=1)
-        self.Conv2d_2a_3x3 = conv(32, 32, kernel_size=3)
-        self.Conv2d_2b_3x3 = conv(32, 64, kernel_size=3, padding=1)
-        self.Conv2d_3b_1x1 = conv(64, 80, kernel_size=1)
-        self.Conv2d_4a_3x3 = conv(80, 192, kernel_size=3)
-        self.Mixed_5b = tv_inception.InceptionA(192, pool_features=32)
-        self.Mixed_5c = tv_inception.InceptionA(256, pool_features=64)
-        self.Mixed_5d = tv_inception.InceptionA(288, pool_features=64)
-        self.Mixed_6a = _InceptionB(288)
-        self.Mixed_6b = tv_inception.InceptionC(768, channels_7x7=128)
-        self.Mixed_6c = tv_inception.InceptionC(768, channels_7x7=160)
-        self.Mixed_6d = tv_inception.InceptionC(768, channels_7x7=160)
-        self.Mixed_6e = tv_inception.InceptionC(768, channels_7x7=192)
-        self.SPG_A3_1b = nn.Sequential(nn.Conv2d(768, 1024, 3, padding=1), nn.ReLU(True))
-        self.SPG_A3_2b = nn.Sequential(nn.Conv2d(1024, 1024, 3, padding=1), nn.ReLU(True))
-        self.SPG_A4 = nn.Conv2d(1024, num_classes, 1)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
-        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1, ceil_mode=True)
-        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
-        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1, ceil_mode=True)
-        x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))
-        if not self.large_feature_map:
-            x = F.max_pool2d(x, kernel_size=3, stride=2, ceil_mode=True)
-        x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(self.Mixed_6a(x)))))
-        x = F.dropout(x, 0.5, self.training)
-        x = F.dropout(self.SPG_A3_1b(x), 0.5, self.training)
-        x = F.dropout(self.SPG_A3_2b(x), 0.5, self.training)
-        return torch.flatten(self.avgpool(self.SPG_A4(x)), 1)
+    # wsolevaluation's WSOL method whose network this is, and the settings
+    # (wsol.settings.WSOLSettings fields) its constructor takes.
+    wsol_method: str = "cam"
+    options: tuple[str, ...] = ()
 
 
 def _inception_tv(num_classes: int, large_feature_map: bool, input_size: int) -> nn.Module:
@@ -285,15 +143,7 @@ class DeiTCam(nn.Module):
         self.features = timm.create_model("deit_tiny_patch16_224", pretrained=False,
                                           num_classes=0, img_size=input_size)
         self.head = nn.Linear(192, num_classes)
-        # The earlier code re-initialises every layer (xavier mode of its helper).
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, "xavier")  # the earlier code re-initialises every layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -317,7 +167,7 @@ def _vgg_keys(state: dict, model: nn.Module) -> dict:
         m = pattern.match(k)
         if m:
             out[f"features.{mapping[int(m.group(1))]}.{k[m.end():]}"] = v
-        elif not isinstance(model, VggCam):
+        elif isinstance(model, VggGradCam):  # the others have no torchvision classifier
             out[k] = v
     return out
 
@@ -406,14 +256,88 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {s.name: s for s in (
                      torchvision_weights="ViT_B_16_Weights"),
 )}
 
+def _wsol_specs() -> list[ArchitectureSpec]:
+    """wsolevaluation's ACoL, SPG and ADL networks (wsol.wsol_networks) on each
+    backbone, named ``<backbone>_<method>``: the CAM layer and head (the
+    classifier's last layer, which the sigmoid branch copies), the backbone's
+    learning-rate rule, ImageNet weights mapped as wsolevaluation maps them,
+    and the layers those weights do not have."""
+    acol = ("acol_threshold",)
+    adl = ("adl_drop_rate", "adl_threshold")
+    spec = functools.partial(ArchitectureSpec, branch_init=xavier_branch_init)
+    inception = dict(lr_rule=INCEPTION_RULE, torchvision_weights="Inception_V3_Weights",
+                     pretrained_keys=_inception_cam_keys)
+    vgg = dict(lr_rule=VGG_RULE, torchvision_weights="VGG16_Weights")
+    resnet = dict(lr_rule=RESNET_RULE, torchvision_weights="ResNet50_Weights")
+    acol_layers = dict(feature_layer="classifier_A.3", head="classifier_A.4",
+                       sigmoid_branch="classifier_A_2", wsol_method="acol", options=acol,
+                       fresh_layers=("classifier_A.", "classifier_B."),
+                       signature=("classifier_A", "classifier_B"))
+    return [
+        spec("vgg16_acol", wn.VggAcol, description="VGG16-ACoL (wsolevaluation)",
+             pretrained_keys=_vgg_keys, **vgg, **acol_layers),
+        spec("resnet50_acol", wn.ResNetAcol, description="ResNet50-ACoL (wsolevaluation)",
+             pretrained_keys=wn.drop_fc_keys, **resnet, **acol_layers),
+        spec("inception_v3_acol", wn.InceptionAcol,
+             description="InceptionV3-ACoL (wsolevaluation)", **inception, **acol_layers),
+        spec("vgg16_spg", wn.VggSpg, feature_layer="SPG_A_3", head="SPG_A_4",
+             description="VGG16-SPG (wsolevaluation)", sigmoid_branch="SPG_A_4_2",
+             wsol_method="spg", pretrained_keys=wn.vgg_spg_keys,
+             signature=("SPG_B_shared",),
+             fresh_layers=("SPG_A_3.", "SPG_B_", "SPG_C."), **vgg),
+        spec("resnet50_spg", wn.ResNetSpg, feature_layer="layer4", head="SPG_A4",
+             description="ResNet50-SPG (wsolevaluation)", sigmoid_branch="SPG_A4_2",
+             wsol_method="spg", pretrained_keys=wn.resnet_spg_keys,
+             signature=("SPG_B_shared",),
+             fresh_layers=("SPG_B_", "SPG_C."), **resnet),
+        spec("inception_v3_spg", wn.InceptionSpg, feature_layer="SPG_A3_2b", head="SPG_A4",
+             description="InceptionV3-SPG (wsolevaluation)", sigmoid_branch="SPG_A4_2",
+             wsol_method="spg", signature=("SPG_A4", "SPG_B_shared"),
+             fresh_layers=("SPG_A3_1b.", "SPG_A3_2b.", "SPG_B_", "SPG_C."),
+             **inception),
+        ArchitectureSpec("vgg16_adl", wn.vgg_adl, "relu", "fc", "VGG16-ADL (wsolevaluation)",
+                         wsol_method="adl", options=adl, pretrained_keys=_vgg_keys,
+                         fresh_layers=("conv6.",), signature=("conv6",), **vgg),
+        ArchitectureSpec("resnet50_adl", wn.resnet_adl, "layer4", "fc",
+                         "ResNet50-ADL (wsolevaluation)", wsol_method="adl", options=adl,
+                         pretrained_keys=wn.resnet_adl_keys, **resnet),
+        spec("inception_v3_adl", wn.inception_adl, feature_layer="ADL_A3_2b", head="SPG_A4",
+             description="InceptionV3-ADL (wsolevaluation)", sigmoid_branch="SPG_A4_2",
+             wsol_method="adl", options=adl, fresh_layers=("SPG_A3_1b.", "SPG_A3_2b."),
+             signature=("SPG_A4",),
+             **inception),
+    ]
+
+
+ARCHITECTURES.update({s.name: s for s in _wsol_specs()})
+# wsolevaluation's methods with networks of their own: {(backbone, method): network}.
+WSOL_NETWORKS = {(name.rsplit("_", 1)[0], s.wsol_method): name
+                 for name, s in ARCHITECTURES.items() if s.wsol_method != "cam"}
+
 # The network the public code trains for a gradient --method (docs/reproducing.md).
 GRADCAM_NETWORKS = {"vgg16": "vgg16_gradcam", "inception_v3": "inception_v3_gradcam",
                     "resnet50": "resnet50", "resnet18": "resnet18"}
 CAM_NETWORKS = {v: k for k, v in GRADCAM_NETWORKS.items() if v != k}
+# A WSOL method's network belongs to its backbone: --architecture names the backbone.
+CAM_NETWORKS.update({network: backbone for (backbone, _), network in WSOL_NETWORKS.items()})
 
 
 def architecture_names() -> list[str]:
     return [*ARCHITECTURES, "timm:<model name>"]
+
+
+def wsol_network(architecture: str, method: str) -> str:
+    """The network of a WSOL method on a backbone: ``architecture`` itself for
+    methods that train the CAM network (cam, has, cutmix), else
+    ``<backbone>_<method>``; a ValueError naming the backbones that have one."""
+    if not any(m == method for _, m in WSOL_NETWORKS):
+        return architecture
+    backbone = CAM_NETWORKS.get(architecture, architecture)
+    if (backbone, method) not in WSOL_NETWORKS:
+        have = sorted(b for b, m in WSOL_NETWORKS if m == method)
+        raise ValueError(f"--wsol_method {method}: its network exists for {', '.join(have)} "
+                         f"(wsolevaluation's backbones), not --architecture {architecture}")
+    return WSOL_NETWORKS[(backbone, method)]
 
 
 def network_for(architecture: str, network_type: str) -> str:
@@ -432,15 +356,24 @@ def recognise_network(name: str, keys: Iterable[str]) -> tuple[str, str]:
     into checkpoints of its Grad-CAM network too (it picks the network from
     ``--method``).  The network whose signature modules the keys hold; ``name``
     and an empty reason when they do not decide or agree with it."""
-    candidates = list(dict.fromkeys(network_for(name, t) for t in ("cam", "gradcam")))
-    if len(candidates) < 2 or not all(c in ARCHITECTURES for c in candidates):
+    backbone = network_for(name, "cam")
+    candidates = list(dict.fromkeys(
+        [network_for(name, t) for t in ("cam", "gradcam")]
+        + [n for (b, _), n in WSOL_NETWORKS.items() if b == backbone]))
+    candidates = [c for c in candidates if c in ARCHITECTURES and ARCHITECTURES[c].signature]
+    if len(candidates) < 2:
         return name, ""
     tops = {_top_module(k) for k in keys}
     fitting = [c for c in candidates if set(ARCHITECTURES[c].signature) <= tops]
-    if len(fitting) != 1 or fitting[0] == name:
+    # The most specific signature decides (InceptionV3-SPG has InceptionV3-CAM's SPG_A4 too).
+    most = max((len(ARCHITECTURES[c].signature) for c in fitting), default=0)
+    fitting = [c for c in fitting if len(ARCHITECTURES[c].signature) == most]
+    if not fitting or name in fitting:
         return name, ""
-    found = fitting[0]
-    others = [m for c in candidates if c != found for m in ARCHITECTURES[c].signature]
+    found = fitting[0]  # a tie (CAM and ADL networks): the CAM network, listed first
+    others = list(dict.fromkeys(m for c in candidates if c != found
+                                for m in ARCHITECTURES[c].signature
+                                if m not in ARCHITECTURES[found].signature))
     return found, (f"its weights are those of {found} "
                    f"({', '.join(s + '.*' for s in ARCHITECTURES[found].signature)}, no "
                    f"{', '.join(s + '.*' for s in others)}: "
@@ -468,18 +401,26 @@ def get_spec(name: str, input_size: int = 224) -> ArchitectureSpec:
 
 
 def build_architecture(name: str, num_classes: int, large_feature_map: bool = False,
-                       input_size: int = 224) -> tuple[nn.Module, ArchitectureSpec]:
-    """A vanilla classifier and its spec (layer names, branch name, lr rule)."""
+                       input_size: int = 224, options: Mapping[str, Any] | None = None
+                       ) -> tuple[nn.Module, ArchitectureSpec]:
+    """A vanilla classifier and its spec (layer names, branch name, lr rule);
+    ``options``: settings of a WSOL method's network (``spec.options``, e.g.
+    ``acol_threshold``; the others are ignored, missing ones take their
+    defaults)."""
     spec = get_spec(name, input_size)
+    if spec.wsol_method != "cam":  # (num_classes, large_feature_map, **its options)
+        given = {k: v for k, v in (options or {}).items() if k in spec.options}
+        return spec.build(num_classes, large_feature_map, **given), spec
     return spec.build(num_classes, large_feature_map, input_size), spec
 
 
 def build_cam_model(name: str, num_classes: int, large_feature_map: bool = False,
                     input_size: int = 224, feature_layer: str | None = None,
-                    head: str | None = None) -> tuple[CAMModel, ArchitectureSpec]:
+                    head: str | None = None, options: Mapping[str, Any] | None = None
+                    ) -> tuple[CAMModel, ArchitectureSpec]:
     """The vanilla :class:`CAMModel` of an architecture (its CAM layer and
     head may be overridden); add the branch with ``add_sigmoid_branch``."""
-    model, spec = build_architecture(name, num_classes, large_feature_map, input_size)
+    model, spec = build_architecture(name, num_classes, large_feature_map, input_size, options)
     cam = CAMModel(model, feature_layer or spec.feature_layer, head or spec.head, spec.name,
                    sigmoid_branch=spec.sigmoid_branch, branch_init=spec.branch_init)
     return cam, spec

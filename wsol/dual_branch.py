@@ -14,6 +14,8 @@
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -49,25 +51,30 @@ def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
 
 
 def training_loss(outputs: dict[str, torch.Tensor | None], labels: torch.Tensor,
-                  joint: bool) -> torch.Tensor:
+                  joint: bool, method_loss: Callable[[dict, torch.Tensor], torch.Tensor]
+                  | None = None) -> torch.Tensor:
     """A vanilla model: cross-entropy of the softmax head.  A dual-branch one:
     the class-balanced BCE of the sigmoid branch, plus the softmax head's
     cross-entropy when anything besides the branch trains (``joint``; the
     public code's sum, which has no gradient otherwise).  Multi-label data
     (``labels`` multi-hot [B, C]): every head is a BCE head, trained with the
     plain multi-label BCE (ReCAM's loss; one positive per image no longer
-    holds, so there is no class balancing).  In float32."""
+    holds, so there is no class balancing).  ``method_loss``: a WSOL
+    method's own objective for the softmax head (ACoL's, SPG's:
+    :func:`wsol.wsol_methods.method_loss`).  In float32."""
     if labels.dim() == 2:
         from wsol.recam import multilabel_bce
         head_loss = branch_loss = multilabel_bce
     else:
         head_loss, branch_loss = softmax_cross_entropy, class_balanced_bce
-    if outputs["logits_sigmoid"] is None:
+    def head() -> torch.Tensor:
+        if method_loss is not None:
+            return method_loss(outputs, labels)
         return head_loss(outputs["logits"].float(), labels)
+    if outputs["logits_sigmoid"] is None:
+        return head()
     loss = branch_loss(outputs["logits_sigmoid"].float(), labels)
-    if joint:
-        loss = loss + head_loss(outputs["logits"].float(), labels)
-    return loss
+    return loss + head() if joint else loss
 
 
 def clamp_weights(weights: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ network (``fc2``, ``SPG_A4_2``, ``classifier_2``, ``head2``:
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, Callable, Literal
 
 import torch
@@ -40,8 +41,12 @@ FROZEN_MODES = ("eval", "public_code")
 class CAMModel(nn.Module):
     """A classifier with a known CAM layer and head, optionally dual-branch.
 
-    ``forward`` returns ``{"logits": softmax-branch logits,
-    "logits_sigmoid": sigmoid-branch logits or None}``.
+    ``forward(x, labels=None)`` returns ``{"logits": softmax-branch logits,
+    "logits_sigmoid": sigmoid-branch logits or None}``, and ``"aux"``: the
+    other entries of a model that returns a dict (what a WSOL method's loss
+    or class map reads, :mod:`wsol.wsol_networks`).  ``labels`` reach models
+    whose ``forward`` takes them (ACoL and SPG: their training and maps depend
+    on the class).
 
     Keyword options: ``layout`` of the CAM layer (``auto``, ``nchw``,
     ``nhwc``, ``tokens``; see :mod:`wsol.layouts`) with ``num_prefix_tokens``,
@@ -79,6 +84,7 @@ class CAMModel(nn.Module):
         self.layout = FeatureLayout(layout, num_prefix_tokens,
                                     tuple(grid) if grid is not None else None, patch_size)
         self.extract_logits = LogitsExtractor(output)
+        self.takes_labels = "labels" in inspect.signature(model.forward).parameters
         self.sigmoid_branch_name = sigmoid_branch
         self.branch_init = branch_init
         self.fc2: nn.Module | None = None
@@ -302,7 +308,13 @@ class CAMModel(nn.Module):
             for p in matched:
                 p.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor | None]:
+        if labels is not None and self.takes_labels:
+            return self._forward(x, {"labels": labels})
+        return self._forward(x, {})
+
+    def _forward(self, x: torch.Tensor, kwargs: dict) -> dict[str, torch.Tensor | None]:
         if self.training and self._only_branch_trains and torch.is_grad_enabled():
             # Fine-tuning the branch alone: the frozen backbone runs with
             # autograd off (no graph, no saved activations); the head's hook
@@ -310,13 +322,15 @@ class CAMModel(nn.Module):
             self._grad_from_head = True
             try:
                 with torch.no_grad():
-                    out = self.model(x)
+                    out = self.model(x, **kwargs)
             finally:
                 self._grad_from_head = False
         else:
-            out = self.model(x)
+            out = self.model(x, **kwargs)
         logits = self.extract_logits(out)
         result = {"logits": logits, "logits_sigmoid": None}
+        if isinstance(out, dict) and len(out) > 1:
+            result["aux"] = {k: v for k, v in out.items() if v is not logits}
         if self.fc_re is not None:
             result["logits_recam"] = None
         branches = (self.fc2 is not None) + (self.fc_re is not None)

@@ -129,6 +129,18 @@ class WSOLSettings:
     cutmix_beta: float = 1.0
     cutmix_prob: float = 1.0
 
+    @property
+    def spg_thresholds(self) -> tuple[tuple[float, float], ...]:
+        """SPG's (high, low) pairs of its three masks."""
+        return ((self.spg_threshold_1h, self.spg_threshold_1l),
+                (self.spg_threshold_2h, self.spg_threshold_2l),
+                (self.spg_threshold_3h, self.spg_threshold_3l))
+
+    def network_options(self) -> dict[str, float]:
+        """The settings a method's network takes (wsol.architectures.build_architecture)."""
+        return {"acol_threshold": self.acol_threshold, "adl_drop_rate": self.adl_drop_rate,
+                "adl_threshold": self.adl_threshold}
+
 
 @dataclass(frozen=True)
 class CAMSettings:

@@ -3,8 +3,9 @@
 ``cam`` trains the network as it is.  Hide-and-Seek (``has``) and CutMix
 (``cutmix``) change only the training batches, so they train the plain CAM
 network -- with or without the sigmoid branch -- and their maps are CAM's.
-ACoL, SPG and ADL change the network itself and are not built yet
-(:data:`NOT_BUILT`).
+ACoL, SPG and ADL change the network itself (:mod:`wsol.wsol_networks`,
+selected by :func:`wsol.architectures.wsol_network`); ACoL and SPG also train
+with losses of their own (:func:`method_loss`).
 
 Each batch's randomness comes from its own generator seeded by
 (``--seed``, rank, epoch, batch), so a resumed or re-run epoch draws the
@@ -12,6 +13,7 @@ same hidden cells and boxes, and ranks draw different ones.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -19,15 +21,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["WSOL_METHODS", "NOT_BUILT", "BatchMix", "hide_and_seek_mask", "cutmix_box",
+from wsol.wsol_networks import acol_loss, spg_loss
+
+__all__ = ["WSOL_METHODS", "BatchMix", "method_loss", "hide_and_seek_mask", "cutmix_box",
            "HideAndSeek", "CutMix", "batch_augment"]
 
 Tensor = torch.Tensor
 
 WSOL_METHODS = ("cam", "has", "acol", "spg", "adl", "cutmix")
-# Methods whose networks (ACoL's and SPG's convolutional classifiers, ADL's
-# dropout layers) are not built here yet.
-NOT_BUILT = ("acol", "spg", "adl")
 
 
 @dataclass
@@ -124,9 +125,20 @@ def batch_augment(method: str, *, has_grid_size: int = 4, has_drop_rate: float =
         return HideAndSeek(has_grid_size, has_drop_rate, seed, rank)
     if method == "cutmix":
         return CutMix(cutmix_beta, cutmix_prob, seed, rank)
-    if method in NOT_BUILT:
-        raise ValueError(f"--wsol_method {method}: its network is not built here yet; "
-                         f"available: cam, has, cutmix")
+    if method in ("acol", "spg", "adl"):
+        return None  # their networks do their part (wsol.wsol_networks)
     if method != "cam":
         raise ValueError(f"--wsol_method {method!r}: choose from {', '.join(WSOL_METHODS)}")
+    return None
+
+
+def method_loss(method: str, spg_thresholds: tuple[tuple[float, float], ...] = (
+        (0.7, 0.01), (0.5, 0.05), (0.7, 0.1))) -> Callable[[dict, Tensor], Tensor] | None:
+    """The softmax head's objective of a WSOL method, from the model's outputs
+    and the labels: ACoL's and SPG's own (:mod:`wsol.wsol_networks`), None for
+    the others (cross-entropy).  ``spg_thresholds``: ((1h, 1l), (2h, 2l), (3h, 3l))."""
+    if method == "acol":
+        return acol_loss
+    if method == "spg":
+        return functools.partial(spg_loss, thresholds=spg_thresholds)
     return None

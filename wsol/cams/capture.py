@@ -154,7 +154,8 @@ class SharedPass:
     target) share the one forward.
     """
 
-    def __init__(self, model: CAMModel, images: Tensor, needs: PassNeeds):
+    def __init__(self, model: CAMModel, images: Tensor, needs: PassNeeds,
+                 labels: Tensor | None = None):
         self.model, self.needs = model, needs
         modules = {model.feature_layer_name: model.feature_module}
         for name in needs.layers:
@@ -167,7 +168,7 @@ class SharedPass:
         if needs.input_gradient:
             self.images = self.images.clone().requires_grad_(True)
         with ActivationCapture(modules, needs.graph, from_input=needs.input_gradient) as hooked:
-            self.outputs = model(self.images)
+            self.outputs = model(self.images, labels)
             if needs.graph and not torch.is_grad_enabled():
                 raise RuntimeError("no recorded layer ran in the forward")
         for name in modules:

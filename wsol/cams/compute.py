@@ -142,11 +142,14 @@ def _compute(model: CAMModel, images: Tensor, target_sets: Tensor | None,
     needs = PassNeeds()
     for method in chosen:
         needs = needs | method.pass_needs(model)
-    shared = SharedPass(model, images, needs)
+    # A network whose maps depend on the class (ACoL's erasing) is told the
+    # one set of classes explained; otherwise it uses its top-1, as they are.
+    labels = target_sets[0] if target_sets is not None and len(target_sets) == 1 else None
+    shared = SharedPass(model, images, needs, labels)
     if target_sets is None:
         target_sets = shared.outputs["logits"].detach().argmax(1)[None]
     logits = {key: None if value is None else full_precision(value.detach())
-              for key, value in shared.outputs.items()}
+              for key, value in shared.outputs.items() if key != "aux"}
     results: dict[str, list[CAMOutput]] = {}
     for branch in branches:
         # What the branch clamps (wsol.branches); ReCAM's clamped factors are

@@ -34,13 +34,24 @@ Tensor = torch.Tensor
 
 class CAM(CAMMethod):
     """CAM (Zhou et al., CVPR 2016): the head's class weights.
-    map = sum_k w_k A_k."""
+    map = sum_k w_k A_k.  On the softmax branch of a network with a class map
+    of its own (ACoL's two classifiers, :mod:`wsol.wsol_networks`), that map,
+    as wsolevaluation scores it."""
     name = "cam"
     needs_class_weights = True
     rectify = False
 
     def channel_weights(self, inputs):
         return inputs.class_weights()
+
+    def raw_map(self, inputs):
+        aux = inputs.shared.outputs.get("aux") if inputs.shared is not None else None
+        if inputs.branch != "softmax" or not aux or "class_maps" not in aux:
+            return super().raw_map(inputs)
+        if not torch.equal(aux["class_map_labels"], inputs.targets):
+            raise ValueError("the network's class maps were made for other classes than the "
+                             "ones explained: give one set of targets per call")
+        return aux["class_maps"]
 
 
 class GradCAM(CAMMethod):

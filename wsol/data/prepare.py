@@ -273,8 +273,8 @@ def read_wsol_split(folder: str, image_root: str, num_classes: int, clip: bool,
                               "localization.txt of --val_source")
     records: list[Record] = []
     by_id: dict[str, Record] = {}
-    for line_no, fields in _read_csv(ids_path, (1,)):
-        record = Record(fields[0], None, f"{ids_path}:{line_no}")
+    for line_no, (image_id,) in _read_csv(ids_path, (1,)):
+        record = Record(image_id, None, f"{ids_path}:{line_no}")
         if record.image_id in by_id:
             raise PrepareError(f"{record.source}: image {record.image_id!r} "
                                f"is listed twice")

@@ -18,8 +18,8 @@ from wsol.runtime.checkpoint import (CheckpointError, find_pretrained, load_chec
 from wsol.runtime.experiment import checkpoint_path
 from wsol.settings import RunSettings
 
-__all__ = ["build_model", "check_start_files", "loader_settings", "load_for_evaluation", "ensure_builtin_dataset",
-           "preflight", "BuildError"]
+__all__ = ["build_model", "check_start_files", "loader_settings", "load_for_evaluation",
+           "ensure_builtin_dataset", "preflight", "BuildError"]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ def build_model(settings: RunSettings) -> tuple[CAMModel, ArchitectureSpec]:
     and ReCAM's re-activation head with --recam; frozen as the run trains it."""
     m, choices = settings.model, settings.choices
     model, spec = build_cam_model(m.network, m.num_classes, m.large_feature_map,
-                                  settings.data.crop_size, m.cam_layer, m.head)
+                                  settings.data.crop_size, m.cam_layer, m.head,
+                                  settings.wsol.network_options())
     if not m.head_bias:
         model.drop_head_bias()
     training = not settings.runtime.eval_only

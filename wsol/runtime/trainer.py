@@ -26,7 +26,7 @@ from wsol.runtime.distributed import DistContext
 from wsol.runtime.experiment import INTERRUPTED, checkpoint_path, resume_candidates
 from wsol.runtime.interruption import Interrupted, StopSignals
 from wsol.runtime.seeding import rng_state, set_rng_state
-from wsol.wsol_methods import batch_augment
+from wsol.wsol_methods import batch_augment, method_loss
 from wsol.runtime.tracking import Tracker
 from wsol.runtime.training import (EpochProgress, OptimConfig, build_optimizer, build_scheduler,
                                    lr_schedule, recam_groups, train_one_epoch)
@@ -67,6 +67,7 @@ class Trainer:
             w.method, has_grid_size=w.has_grid_size, has_drop_rate=w.has_drop_rate,
             cutmix_beta=w.cutmix_beta, cutmix_prob=w.cutmix_prob,
             seed=settings.choices.seed, rank=ctx.rank)
+        self.method_loss = method_loss(w.method, w.spg_thresholds)
 
     # -- the run ---------------------------------------------------------------
     def fit(self) -> None:
@@ -109,7 +110,7 @@ class Trainer:
                     accel=self.accel, start=position, stop=lambda: self._agreed(signals.received),
                     recam_weight=settings.optim.recam_weight if settings.model.recam else None,
                     step_scheduler=self.scheduler.step if self.scheduler.per_step else None,
-                    augment=self.augment)
+                    augment=self.augment, method_loss=self.method_loss)
                 position = None
                 if stats is None:
                     raise self._preempted(epoch, done, steps, epoch_start, signals)

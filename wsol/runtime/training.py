@@ -211,7 +211,8 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
                     stop: Callable[[], bool] | None = None,
                     recam_weight: float | None = None,
                     step_scheduler: Callable[[], None] | None = None,
-                    augment: Callable[..., BatchMix] | None = None
+                    augment: Callable[..., BatchMix] | None = None,
+                    method_loss: Callable[[dict, torch.Tensor], torch.Tensor] | None = None
                     ) -> tuple[dict[str, float] | None, EpochProgress]:
     """One pass over ``loader`` with :func:`wsol.dual_branch.training_loss`.
 
@@ -236,7 +237,9 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
     ``step_scheduler``: called after every optimisation step (a per-step
     learning-rate schedule, e.g. ReCAM's poly).  ``augment``: a WSOL method's
     batch augmentation (:func:`wsol.wsol_methods.batch_augment`; CutMix's loss
-    mixes the two label sets' losses).  Multi-label labels
+    mixes the two label sets' losses); ``method_loss``: its objective for the
+    softmax head (ACoL's, SPG's: :func:`wsol.wsol_methods.method_loss`; the
+    labels go into the forward of networks that take them).  Multi-label labels
     (multi-hot [B, C]) count a hit when the top class is one of the image's.
     """
     forward = forward or model
@@ -258,7 +261,7 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
         batch, seen, stopped = _epoch_steps(
             model, loader, optimizer, device, epoch, show_progress, forward, accel, stop,
             recam_weight, step_scheduler, captured, total_loss, correct, first_bad, batch, seen,
-            augment)
+            augment, method_loss)
     finally:
         if hook is not None:
             hook.remove()
@@ -285,7 +288,8 @@ def train_one_epoch(model: CAMModel, loader: DataLoader, optimizer: torch.optim.
 
 def _epoch_steps(model, loader, optimizer, device, epoch, show_progress, forward, accel,
                  stop, recam_weight, step_scheduler, captured, total_loss, correct,
-                 first_bad, batch, seen, augment=None) -> tuple[int, int, bool]:
+                 first_bad, batch, seen, augment=None,
+                 method_loss=None) -> tuple[int, int, bool]:
     """The optimisation steps of :func:`train_one_epoch` (its sums are updated
     in place); returns (batches done, images seen, stopped early)."""
     dual = model.is_dual
@@ -300,9 +304,9 @@ def _epoch_steps(model, loader, optimizer, device, epoch, show_progress, forward
         if mix is not None:
             images = mix.images
         with autocast(device, accel):
-            out = forward(images)
+            out = forward(images, labels) if model.takes_labels else forward(images)
         scores = out["logits_sigmoid"] if dual else out["logits"]
-        loss = training_loss(out, labels, joint)
+        loss = training_loss(out, labels, joint, method_loss)
         if mix is not None and mix.labels_b is not None:  # CutMix: both images' labels
             loss = mix.lam * loss + (1.0 - mix.lam) * training_loss(out, mix.labels_b, joint)
         if recam_weight is not None:
