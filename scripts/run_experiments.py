@@ -11,7 +11,9 @@ feature map).  For every (backbone, family) of a dataset the plan is:
    ``--vanilla_dir`` with ``--vanilla_pattern``; ILSVRC's Grad-CAM VGG16 is
    torchvision's ImageNet VGG16 itself), or, where none is released (Stanford
    Cars; SYNTH; any dataset with ``--train_vanilla``), ``main.py
-   --model_structure vanilla`` from torchvision's ImageNet weights;
+   --model_structure vanilla`` from torchvision's ImageNet weights (SYNTH,
+   which has none: its ResNet18 from scratch; its ResNet50 from a plain
+   ResNet50 trained on SYNTH first, ``SYNTH_resnet50_pretrain``);
 2. fine-tuning of the sigmoid branch with the published recipe of the
    dataset, backbone and family (docs/reproducing.md, "Recipes");
 3. one evaluation of both branches with every method of the family
@@ -69,6 +71,7 @@ class Recipe:
     large_feature_map: bool = False
     weight_decay: float | None = None  # None: the backbone's (5e-4 VGG16/InceptionV3, 1e-4)
     note: str = ""
+    epochs: int | None = None  # None: the plan's (vanilla_epochs for a vanilla run)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,9 @@ class DatasetPlan:
     vanilla_decay: int = 1
     backbones: tuple = PAPER_BACKBONES
     extra: tuple = ()         # further main.py flags of every step
+    # backbone -> Recipe of the plain classifier trained on the dataset itself, which the
+    # vanilla networks start from where no ImageNet weights exist (SYNTH: its stand-in).
+    pretrain: dict | None = None
 
 
 WEIGHT_DECAY = {"vgg16": 5e-4, "inception_v3": 5e-4, "resnet50": 1e-4, "resnet18": 1e-4}
@@ -122,16 +128,21 @@ PLANS = {
         ("inception_v3", "cam"): Recipe(3e-4), ("inception_v3", "gradcam"): Recipe(3e-4)},
         TABLE2_METHODS),
     # The CPU demo of main.py (python main.py): one ResNet18 serves both families.
-    # ResNet50 (--architectures resnet50: the WSOL methods' backbone) takes its lrs at
-    # stride 16: ACoL's and SPG's 1024-channel heads on 8x8 maps would cost ten times the
-    # backbone on the CPU.
+    # ResNet50 (--architectures resnet50: the WSOL methods' backbone) runs at stride 16 (ACoL's
+    # and SPG's 1024-channel heads on 8x8 maps would cost ten times the backbone on the CPU) and,
+    # as in wsolevaluation, every method's network starts from a pretrained backbone (its
+    # ILSVRC rule: the class head is kept where it fits, ACoL's and SPG's are new): SYNTH has no
+    # ImageNet weights, so a plain ResNet50 trained on SYNTH stands in (ACoL's He-initialised
+    # heads diverge from scratch at any lr that learns in a few epochs; docs/reproducing.md).
     "SYNTH": DatasetPlan(1, 4, {("resnet18", "cam"): Recipe(0.02, large_feature_map=True),
                                 ("resnet50", "cam"): Recipe(0.02)},
                          {"cam": ("cam", "gradcam")},
                          vanilla={("resnet18", "cam"): Recipe(0.05, large_feature_map=True),
-                                  ("resnet50", "cam"): Recipe(0.05)},
+                                  ("resnet50", "cam"): Recipe(
+                                      0.002, epochs=2, note="from SYNTH_resnet50_pretrain")},
                          vanilla_epochs=3, vanilla_decay=3, backbones=("resnet18",),
-                         extra=("--resize_size", "72", "--crop_size", "64"))}
+                         extra=("--resize_size", "72", "--crop_size", "64"),
+                         pretrain={"resnet50": Recipe(0.05, note="the ImageNet stand-in")})}
 # The demo trains its vanilla model with every layer at --lr, at batch 16.
 VANILLA_EXTRA = {"SYNTH": ("--lr_classifier_ratio", "1", "--batch_size", "16")}
 # Datasets without released vanilla checkpoints: the vanilla model is trained.
@@ -140,7 +151,7 @@ TRAIN_VANILLA = ("CARS", "SYNTH")
 
 @dataclass
 class Step:
-    kind: str                 # "vanilla", "finetune" or "evaluate"
+    kind: str                 # "pretrain", "vanilla", "finetune" or "evaluate"
     experiment: str
     argv: list[str]
     note: str = ""
@@ -200,10 +211,12 @@ def torchvision_file(network: str) -> str | None:
     return _torchvision_file(spec)[0] if spec.torchvision_weights else None
 
 
-def _common(args, dataset: str, backbone: str, recipe: Recipe) -> list[str]:
+def _common(args, dataset: str, backbone: str, recipe: Recipe,
+            wsol_method: str | None = None) -> list[str]:
+    wsol_method = wsol_method or args.wsol_method
     argv = ["--dataset_name", dataset, "--architecture", backbone,
             "--large_feature_map", str(recipe.large_feature_map).upper(),
-            *(["--wsol_method", args.wsol_method] if args.wsol_method != "cam" else []),
+            *(["--wsol_method", wsol_method] if wsol_method != "cam" else []),
             "--data_root", args.data_root, "--metadata_root", args.metadata_root,
             "--root", args.root, "--batch_size", str(args.batch_size),
             "--workers", str(args.workers), "--seed", str(args.seed)]
@@ -322,21 +335,45 @@ def _vanilla(args, plan: DatasetPlan, backbone: str, family: str, network: str,
         1e-3, note=UNPUBLISHED + "lr 1e-3 stands in (wsolevaluation searched each method's lr; "
                                  "its config.py default is 0.01)")
     name = experiment_name(dataset, backbone, network=network, wsol_method=args.wsol_method)
+    steps = []
+    pretrained = (pretrained_paths.get(network) or pretrained_paths.get(backbone)
+                  or (None if dataset == "SYNTH" else os.path.join(
+                      args.pretrained_dir, torchvision_file(network) or f"{network}.pth")))
+    if pretrained is None and backbone in (plan.pretrain or {}):
+        pretrained, steps = _pretrain(args, plan, backbone, trained, extra)
     argv = [*_common(args, dataset, backbone, recipe), "--experiment_name", name,
             "--model_structure", "vanilla", "--network_type", family,
-            "--epochs", str(plan.vanilla_epochs), "--lr", str(recipe.lr),
+            *_training(args.dataset, plan, backbone, recipe)]
+    if pretrained:
+        argv += ["--pretrained_path", pretrained]
+    trained[network] = os.path.join(args.root, name, "last_checkpoint.pth.tar")
+    return trained[network], [*steps, Step("vanilla", name, [*argv, *extra],
+                                           recipe.note or "published recipe",
+                                           [pretrained] if pretrained else [])]
+
+
+def _training(dataset: str, plan: DatasetPlan, backbone: str, recipe: Recipe) -> list[str]:
+    """The training flags of a vanilla or pretraining run."""
+    return ["--epochs", str(recipe.epochs or plan.vanilla_epochs), "--lr", str(recipe.lr),
             "--lr_decay_frequency", str(plan.vanilla_decay),
             "--weight_decay", str(recipe.weight_decay or WEIGHT_DECAY.get(backbone, 1e-4)),
             "--skip_eval", *VANILLA_EXTRA.get(dataset, ()), *plan.extra]
-    inputs = []
-    if dataset != "SYNTH":
-        path = pretrained_paths.get(network) or pretrained_paths.get(backbone) or \
-            os.path.join(args.pretrained_dir, torchvision_file(network) or f"{network}.pth")
-        argv += ["--pretrained_path", path]
-        inputs.append(path)
-    trained[network] = os.path.join(args.root, name, "last_checkpoint.pth.tar")
-    return trained[network], [Step("vanilla", name, [*argv, *extra],
-                                   recipe.note or "published recipe", inputs)]
+
+
+def _pretrain(args, plan: DatasetPlan, backbone: str, trained: dict,
+              extra: Sequence[str]) -> tuple[str, list[Step]]:
+    """The plain classifier every network of ``backbone`` starts from on a
+    dataset without ImageNet weights (``DatasetPlan.pretrain``), trained once."""
+    key = f"pretrain:{backbone}"
+    if key in trained:
+        return trained[key], []
+    recipe = plan.pretrain[backbone]
+    name = f"{args.dataset}_{backbone}_pretrain"
+    argv = [*_common(args, args.dataset, backbone, recipe, wsol_method="cam"),
+            "--experiment_name", name, "--model_structure", "vanilla", "--network_type", "cam",
+            *_training(args.dataset, plan, backbone, recipe)]
+    trained[key] = os.path.join(args.root, name, "last_checkpoint.pth.tar")
+    return trained[key], [Step("pretrain", name, [*argv, *extra], recipe.note)]
 
 
 def _split(text: str | None) -> list[str]:
@@ -405,7 +442,7 @@ def check_plan(steps: Sequence[Step]) -> list[str]:
                 what = ("torchvision ImageNet weights" if step.kind == "vanilla"
                         else "vanilla checkpoint" if step.kind == "finetune" else "checkpoint")
                 problems.append(f"missing {what}: {path} (needed by {step.title})")
-        if step.kind in ("vanilla", "finetune"):
+        if step.kind in ("pretrain", "vanilla", "finetune"):
             produced.add(os.path.normpath(os.path.join(args.log_folder,
                                                        "last_checkpoint.pth.tar")))
     return problems
@@ -535,7 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the vanilla models (from --pretrained) instead of using "
                         "released ones; always so for CARS and SYNTH")
     p.add_argument("--pretrained", action="append", default=[], metavar="NETWORK=PATH",
-                   help="torchvision ImageNet .pth of a network, for vanilla training")
+                   help="torchvision ImageNet .pth of a network, for vanilla training (on "
+                        "SYNTH it replaces the pretraining step)")
     p.add_argument("--pretrained_dir", default=_default_pretrained_dir(),
                    help="where torchvision's weight files (vgg16-*.pth, resnet50-*.pth, "
                         "inception_v3_google-*.pth) are looked for")

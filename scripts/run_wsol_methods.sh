@@ -17,7 +17,9 @@
 #            [other run_experiments flags] [-- main.py flags]
 # Environment: as scripts/run_cub.sh (DATA_ROOT, METADATA_ROOT, LOG_ROOT, PRETRAINED_DIR,
 # GPUS, WORKERS, PYTHON), and WSOL_METHODS (default "cam has acol spg adl cutmix"; SYNTH's
-# ResNet18 has no ACoL, SPG or ADL network: WSOL_METHODS="cam has cutmix" there).
+# default ResNet18 has no ACoL, SPG or ADL network: WSOL_METHODS="cam has cutmix" there, or
+# --architectures resnet50, whose networks all start from one ResNet50 trained on SYNTH, the
+# stand-in for ImageNet's weights).
 # Then: python scripts/make_tables.py --experiments "$LOG_ROOT"/* --wsol_table
 set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/_run_common.sh"

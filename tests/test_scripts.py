@@ -644,6 +644,37 @@ def test_wsol_methods_script_plans_each_method_vanilla_and_b2(tmp_path):
                                             "last_checkpoint.pth.tar")]
 
 
+
+def test_synth_resnet50_methods_start_from_one_synth_pretrain():
+    """SYNTH has no ImageNet weights: its ResNet50 networks start, as wsolevaluation's
+    start from ImageNet's, from one plain ResNet50 trained on SYNTH, planned once."""
+    steps = []
+    for method in ("cam", "acol"):
+        steps += plan(["--dataset", "SYNTH", "--architectures", "resnet50",
+                       "--wsol_method", method])
+    kinds = [(s.experiment, s.kind) for s in steps]
+    assert kinds[:2] == [("SYNTH_resnet50_pretrain", "pretrain"),
+                         ("SYNTH_resnet50_vanilla", "vanilla")]
+    assert kinds[4:6] == [("SYNTH_resnet50_pretrain", "pretrain"),
+                          ("SYNTH_resnet50_acol_vanilla", "vanilla")]
+    pretrain = config.get_configs(steps[0].argv)
+    assert pretrain.model.network == "resnet50" and "--wsol_method" not in steps[0].argv
+    assert "--pretrained_path" not in steps[0].argv  # from scratch
+    assert (pretrain.optim.lr, pretrain.optim.epochs) == (0.05, 3)
+    checkpoint = os.path.join("train_log", "SYNTH_resnet50_pretrain", "last_checkpoint.pth.tar")
+    for vanilla in (steps[1], steps[5]):
+        settings = config.get_configs(vanilla.argv)
+        assert settings.model.pretrained_path == checkpoint and vanilla.inputs == [checkpoint]
+        assert (settings.optim.lr, settings.optim.epochs) == (0.002, 2)
+    assert config.get_configs(steps[5].argv).model.network == "resnet50_acol"
+    # A given --pretrained file replaces the pretraining step; ResNet18 stays from scratch.
+    steps = plan(["--dataset", "SYNTH", "--architectures", "resnet50",
+                  "--pretrained", "resnet50=mine.pth"])
+    assert [s.kind for s in steps] == ["vanilla", "finetune", "evaluate"]
+    assert flag(steps[0], "--pretrained_path") == "mine.pth"
+    steps = plan(["--dataset", "SYNTH"])
+    assert "--pretrained_path" not in steps[0].argv
+
 def test_wsol_table_beside_wsolevaluations_numbers(tmp_path):
     assert make_tables.wsol_published("CUB", "resnet50", "has") == 64.7
     assert make_tables.wsol_published("OpenImages", "inception_v3", "cam") == 63.2

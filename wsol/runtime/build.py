@@ -63,7 +63,7 @@ def build_model(settings: RunSettings) -> tuple[CAMModel, ArchitectureSpec]:
     elif training and m.pretrained:
         path = find_pretrained(spec, m.pretrained_path)
         load_pretrained(model, spec, path)
-        log.info("initialised from the ImageNet weights %s", path)
+        log.info("initialised from the pretrained weights %s", path)
     if m.dual:
         if training and not (m.ft_ckpt or m.pretrained):
             raise BuildError("--model_structure b2 fine-tunes the sigmoid branch of a trained "
